@@ -1,0 +1,82 @@
+/* Per-row running state shared by every kernel path. */
+#ifndef QUANTKL_ROWSTATE_H
+#define QUANTKL_ROWSTATE_H
+
+#include <math.h>
+
+#include "quantkl.h"
+
+/* Online log-sum-exp: sum holds sum(exp(v - max)); when a larger value
+ * arrives the sum is rescaled, so one read of a row gives its normaliser. */
+typedef struct {
+    double max;
+    double sum;
+} qk_lse;
+
+#define QK_LSE_INIT {-INFINITY, 0.0}
+
+static inline void qk_lse_push(qk_lse *a, double v)
+{
+    if (v > a->max) {
+        a->sum = a->sum * exp(a->max - v) + 1.0;
+        a->max = v;
+    } else if (v > -INFINITY) {
+        a->sum += exp(v - a->max);
+    }
+}
+
+static inline double qk_lse_value(const qk_lse *a) { return a->max + log(a->sum); }
+
+/* The QK_TOPK_MAX largest values seen so far, largest first; equal values
+ * keep index order, so idx[0] is the first index of the maximum. */
+typedef struct {
+    int n;
+    double val[QK_TOPK_MAX];
+    int64_t idx[QK_TOPK_MAX];
+} qk_topk;
+
+static inline void qk_topk_push(qk_topk *t, double v, int64_t i)
+{
+    if (t->n == QK_TOPK_MAX && !(v > t->val[QK_TOPK_MAX - 1]))
+        return;
+    int j = t->n < QK_TOPK_MAX ? t->n++ : QK_TOPK_MAX - 1;
+    while (j > 0 && t->val[j - 1] < v) {
+        t->val[j] = t->val[j - 1];
+        t->idx[j] = t->idx[j - 1];
+        j--;
+    }
+    t->val[j] = v;
+    t->idx[j] = i;
+}
+
+static inline int32_t qk_topk_rank(const qk_topk *t, int64_t i)
+{
+    for (int j = 0; j < t->n; j++)
+        if (t->idx[j] == i)
+            return j;
+    return QK_TOPK_MAX;
+}
+
+/* Log-probability of each of n code-0 entries of a llama row: code 0 means
+ * "at or below the clip point", so the mass the decoded entries leave of 1
+ * is spread evenly over them, kept within 16 nats below the clip point
+ * (rounding of the codes can make that leftover zero or negative). */
+static inline double qk_tail_log_prob(double mass, double n, double min_log_prob)
+{
+    double c = mass > 0 ? log(mass / n) : -INFINITY;
+    if (c > min_log_prob)
+        c = min_log_prob;
+    if (!(c > min_log_prob - 16.0))
+        c = min_log_prob - 16.0;
+    return c;
+}
+
+static inline int32_t qk_side_status(int nonfinite, double max, int32_t nonfinite_bit,
+                                     int32_t empty_bit)
+{
+    if (nonfinite)
+        return nonfinite_bit;
+    return max == -INFINITY ? empty_bit : 0;
+}
+
+#endif

@@ -1,0 +1,190 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, initializedcheck=False
+"""Thin Cython layer over csrc/: loops over rows with prange, GIL released.
+
+Inputs arrive here already checked by quantkl.arrays (dtypes, shapes, token
+range); these functions only move pointers and strides to the C row kernels
+and collect their per-row outputs into numpy arrays.
+"""
+import numpy as np
+from cython.parallel cimport prange
+from libc.stdint cimport int32_t, int64_t, uint16_t
+
+cdef extern from "quantkl.h" nogil:
+    ctypedef struct qk_row:
+        double kld
+        double nll_p
+        double nll_q
+        int32_t top_p
+        int32_t top_q
+        int32_t rank
+        int32_t status
+    int QK_TOPK_MAX
+    void qk_score_llama_logits(const uint16_t *p_row, const void *q, int q_dtype,
+                               Py_ssize_t q_stride, int64_t n_vocab, int32_t tok, int mode,
+                               qk_row *out)
+    void qk_score_logits_logits(const void *p, int p_dtype, Py_ssize_t p_stride, const void *q,
+                                int q_dtype, Py_ssize_t q_stride, int64_t n_vocab, int32_t tok,
+                                int mode, qk_row *out)
+    void qk_score_llama_llama(const uint16_t *p_row, const uint16_t *q_row, int64_t n_vocab,
+                              int32_t tok, int mode, qk_row *out)
+    int qk_encode_llama_row(const float *x, Py_ssize_t stride, int64_t n_vocab, int32_t tok,
+                            uint16_t *row, double *nll)
+
+cdef extern from "dispatch.h" nogil:
+    int qk_path_count()
+    const char *qk_path_name(int i)
+    int qk_path_supported(int i)
+    int qk_select_path(int i)
+    const char *qk_current_path()
+
+TOPK_MAX = QK_TOPK_MAX
+
+ctypedef fused logit_t:
+    float
+    uint16_t
+
+ctypedef fused other_t:
+    float
+    uint16_t
+
+
+cdef class RowScores:
+    """Per-row outputs of one kernel call, as numpy arrays of length n_rows."""
+    cdef public object kld, nll_p, nll_q, top_p, top_q, rank, status
+
+    def __init__(self, Py_ssize_t n):
+        self.kld = np.empty(n, np.float64)
+        self.nll_p = np.empty(n, np.float64)
+        self.nll_q = np.empty(n, np.float64)
+        self.top_p = np.empty(n, np.int32)
+        self.top_q = np.empty(n, np.int32)
+        self.rank = np.empty(n, np.int32)
+        self.status = np.empty(n, np.int32)
+
+
+# prange makes variables assigned in its body thread-private, but not a struct
+# written through a pointer; each row therefore gets its qk_row on the stack of
+# these helpers, then copied out.
+cdef struct Outputs:
+    double *kld
+    double *nll_p
+    double *nll_q
+    int32_t *top_p
+    int32_t *top_q
+    int32_t *rank
+    int32_t *status
+
+
+cdef Outputs outputs_of(RowScores s):
+    cdef double[::1] kld = s.kld, nll_p = s.nll_p, nll_q = s.nll_q
+    cdef int32_t[::1] top_p = s.top_p, top_q = s.top_q, rank = s.rank, status = s.status
+    cdef Outputs o
+    if kld.shape[0] == 0:
+        return o
+    o.kld = &kld[0]
+    o.nll_p = &nll_p[0]
+    o.nll_q = &nll_q[0]
+    o.top_p = &top_p[0]
+    o.top_q = &top_q[0]
+    o.rank = &rank[0]
+    o.status = &status[0]
+    return o
+
+
+cdef inline void store(const qk_row *r, Outputs o, Py_ssize_t i) noexcept nogil:
+    o.kld[i] = r.kld
+    o.nll_p[i] = r.nll_p
+    o.nll_q[i] = r.nll_q
+    o.top_p[i] = r.top_p
+    o.top_q[i] = r.top_q
+    o.rank[i] = r.rank
+    o.status[i] = r.status
+
+
+cdef void row_llama_logits(const uint16_t *p, const void *q, int q_dtype, Py_ssize_t q_stride,
+                           int64_t n_vocab, int32_t tok, int mode, Outputs o,
+                           Py_ssize_t i) noexcept nogil:
+    cdef qk_row r
+    qk_score_llama_logits(p, q, q_dtype, q_stride, n_vocab, tok, mode, &r)
+    store(&r, o, i)
+
+
+cdef void row_logits_logits(const void *p, int p_dtype, Py_ssize_t p_stride, const void *q,
+                            int q_dtype, Py_ssize_t q_stride, int64_t n_vocab, int32_t tok,
+                            int mode, Outputs o, Py_ssize_t i) noexcept nogil:
+    cdef qk_row r
+    qk_score_logits_logits(p, p_dtype, p_stride, q, q_dtype, q_stride, n_vocab, tok, mode, &r)
+    store(&r, o, i)
+
+
+cdef void row_llama_llama(const uint16_t *p, const uint16_t *q, int64_t n_vocab, int32_t tok,
+                          int mode, Outputs o, Py_ssize_t i) noexcept nogil:
+    cdef qk_row r
+    qk_score_llama_llama(p, q, n_vocab, tok, mode, &r)
+    store(&r, o, i)
+
+
+def score_llama_logits(const uint16_t[:, ::1] p, const logit_t[:, :] q, int q_dtype,
+                       const int32_t[::1] tokens, int64_t n_vocab, int mode, int threads):
+    cdef Py_ssize_t n = p.shape[0], i
+    cdef Py_ssize_t q_stride = q.strides[1] // sizeof(logit_t)
+    out = RowScores(n)
+    cdef Outputs o = outputs_of(out)
+    for i in prange(n, nogil=True, schedule="dynamic", num_threads=threads):
+        row_llama_logits(&p[i, 0], &q[i, 0], q_dtype, q_stride, n_vocab, tokens[i], mode, o, i)
+    return out
+
+
+def score_logits_logits(const logit_t[:, :] p, int p_dtype, const other_t[:, :] q, int q_dtype,
+                        const int32_t[::1] tokens, int64_t n_vocab, int mode, int threads):
+    cdef Py_ssize_t n = p.shape[0], i
+    cdef Py_ssize_t p_stride = p.strides[1] // sizeof(logit_t)
+    cdef Py_ssize_t q_stride = q.strides[1] // sizeof(other_t)
+    out = RowScores(n)
+    cdef Outputs o = outputs_of(out)
+    for i in prange(n, nogil=True, schedule="dynamic", num_threads=threads):
+        row_logits_logits(&p[i, 0], p_dtype, p_stride, &q[i, 0], q_dtype, q_stride, n_vocab,
+                          tokens[i], mode, o, i)
+    return out
+
+
+def score_llama_llama(const uint16_t[:, ::1] p, const uint16_t[:, ::1] q,
+                      const int32_t[::1] tokens, int64_t n_vocab, int mode, int threads):
+    cdef Py_ssize_t n = p.shape[0], i
+    out = RowScores(n)
+    cdef Outputs o = outputs_of(out)
+    for i in prange(n, nogil=True, schedule="dynamic", num_threads=threads):
+        row_llama_llama(&p[i, 0], &q[i, 0], n_vocab, tokens[i], mode, o, i)
+    return out
+
+
+def encode_llama_rows(const float[:, :] x, const int32_t[::1] tokens, uint16_t[:, ::1] rows,
+                      int threads):
+    """Fill rows (n, row width) from float32 logits x (n, n_vocab); returns (nll, status)."""
+    cdef Py_ssize_t n = x.shape[0], i
+    cdef int64_t n_vocab = x.shape[1]
+    cdef Py_ssize_t stride = x.strides[1] // sizeof(float)
+    nll_arr = np.empty(n, np.float64)
+    status_arr = np.empty(n, np.int32)
+    cdef double[::1] nll = nll_arr
+    cdef int32_t[::1] status = status_arr
+    for i in prange(n, nogil=True, schedule="dynamic", num_threads=threads):
+        status[i] = qk_encode_llama_row(&x[i, 0], stride, n_vocab, tokens[i], &rows[i, 0], &nll[i])
+    return nll_arr, status_arr
+
+
+def kernel_paths():
+    """[(name, supported_on_this_cpu)] for every compiled kernel path."""
+    return [(qk_path_name(i).decode(), bool(qk_path_supported(i))) for i in range(qk_path_count())]
+
+
+def select_kernel(str name):
+    names = [p for p, _ in kernel_paths()]
+    if name not in names:
+        raise ValueError(f"unknown kernel path {name!r}; compiled paths: {', '.join(names)}")
+    if qk_select_path(names.index(name)) != 0:
+        raise ValueError(f"kernel path {name!r} is not supported by this CPU")
+
+
+def current_kernel():
+    return qk_current_path().decode()

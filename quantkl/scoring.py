@@ -1,0 +1,159 @@
+"""Scoring a base model's distributions against another's, row by row.
+
+``score`` does one block; :class:`Scorer` accumulates blocks (chunks of a dump,
+shards on other machines) and its results add up. Python checks and routes;
+the C kernels (quantkl._kernels) compute.
+"""
+from __future__ import annotations
+
+import os
+from typing import Optional, Sequence, Union
+
+import numpy as np
+
+from . import _kernels
+from .arrays import LlamaRows, logits_view, thread_count, token_ids
+from .stats import MODES, KLDResult, check_topk
+
+Distributions = Union[np.ndarray, LlamaRows]
+
+# Bits of qk_row.status (csrc/quantkl.h), most telling first.
+_STATUS_MESSAGES = (
+    (16, "base llama row {row} has a corrupt header (scale/min_log_prob not finite or scale < 0)"),
+    (32, "other llama row {row} has a corrupt header (scale/min_log_prob not finite or scale < 0)"),
+    (1, "base logits row {row} contains NaN or +inf"),
+    (2, "other logits row {row} contains NaN or +inf"),
+    (4, "base logits row {row} has no finite logit (all -inf)"),
+    (8, "other logits row {row} has no finite logit (all -inf)"),
+)
+
+_MODE_CODES = {"llama": 0, "exact": 1}
+
+
+def raise_for_status(status: np.ndarray, row_offset: int = 0) -> None:
+    """Turn the kernels' per-row status bits into one clear ValueError."""
+    bad = np.flatnonzero(status)
+    if not bad.size:
+        return
+    row = int(bad[0])
+    bits = int(status[row])
+    for bit, msg in _STATUS_MESSAGES:
+        if bits & bit:
+            more = f" ({bad.size} bad rows in all)" if bad.size > 1 else ""
+            raise ValueError(msg.format(row=row + row_offset) + more)
+    raise RuntimeError(f"kernel reported unknown status {bits} for row {row + row_offset}")
+
+
+def select_kernel(name: str) -> None:
+    """Force a kernel path ("scalar", or a SIMD path the CPU supports) for this process."""
+    _kernels.select_kernel(name)
+
+
+def kernel_paths():
+    """[(name, supported)] for every kernel path compiled into this build."""
+    return _kernels.kernel_paths()
+
+
+def current_kernel() -> str:
+    return _kernels.current_kernel()
+
+
+def _check_mode(mode: str) -> int:
+    if mode not in MODES:
+        raise ValueError(f"mode must be 'llama' or 'exact', got {mode!r}")
+    return _MODE_CODES[mode]
+
+
+def score_rows(base: Distributions, other: Distributions, tokens: object, *,
+               mode: str = "llama", threads: Optional[int] = None) -> "_kernels.RowScores":
+    """Per-row kernel outputs (kld, nll_p, nll_q, top_p, top_q, rank) for one block.
+
+    ``base`` is float logits (rows, vocab) or :class:`LlamaRows`; ``other`` is
+    float logits or :class:`LlamaRows`. Raises ValueError/TypeError on bad input.
+    """
+    mode_code = _check_mode(mode)
+    nthreads = thread_count(threads)
+    if not isinstance(base, LlamaRows):
+        base_view, base_dtype = logits_view(base, "base")
+    if not isinstance(other, LlamaRows):
+        other_view, other_dtype = logits_view(other, "other")
+    n_rows, n_vocab = base.shape if isinstance(base, LlamaRows) else base_view.shape
+    o_rows, o_vocab = other.shape if isinstance(other, LlamaRows) else other_view.shape
+    if o_vocab != n_vocab:
+        raise ValueError(f"vocabulary mismatch: base has {n_vocab} entries, other has {o_vocab}")
+    if o_rows != n_rows:
+        raise ValueError(f"row count mismatch: base has {n_rows} rows, other has {o_rows}")
+    if n_rows == 0:
+        raise ValueError("no rows to score")
+    tok = token_ids(tokens, n_rows, n_vocab)
+    if isinstance(base, LlamaRows) and isinstance(other, LlamaRows):
+        out = _kernels.score_llama_llama(base.rows, other.rows, tok, n_vocab, mode_code, nthreads)
+    elif isinstance(base, LlamaRows):
+        out = _kernels.score_llama_logits(base.rows, other_view, other_dtype, tok, n_vocab,
+                                          mode_code, nthreads)
+    elif isinstance(other, LlamaRows):
+        raise TypeError("float base logits against llama rows is not supported: "
+                        "encode the base with quantkl.encode_llama_rows first")
+    else:
+        out = _kernels.score_logits_logits(base_view, base_dtype, other_view, other_dtype, tok,
+                                           n_vocab, mode_code, nthreads)
+    raise_for_status(out.status)
+    return out
+
+
+class Scorer:
+    """Streaming accumulator: ``update`` with blocks of rows, then ``result()``.
+
+    Results of separate Scorers (other processes, other machines) add up:
+    ``a.result() + b.result()`` equals one Scorer fed both blocks in order.
+    """
+
+    def __init__(self, *, mode: str = "llama", topk: Sequence[int] = (1, 5, 10),
+                 threads: Optional[int] = None):
+        _check_mode(mode)
+        self.mode = mode
+        self.topk = check_topk(topk)
+        self.threads = thread_count(threads)
+        self._blocks: list = []
+
+    def update(self, base: Distributions, other: Distributions, tokens: object) -> KLDResult:
+        """Score one block (e.g. one chunk); returns that block's own result."""
+        rows = score_rows(base, other, tokens, mode=self.mode, threads=self.threads)
+        block = KLDResult(rows.kld, rows.nll_q, rows.nll_p, rows.rank, self.mode, self.topk)
+        self._blocks.append(block)
+        return block
+
+    def result(self) -> KLDResult:
+        """Everything scored so far, one chunk per update (for the per-chunk table)."""
+        if not self._blocks:
+            return KLDResult(np.empty(0), np.empty(0), np.empty(0), np.empty(0, np.int8),
+                             self.mode, self.topk, [])
+        total = self._blocks[0]
+        for b in self._blocks[1:]:
+            total = total + b
+        self._blocks = [total]
+        return total
+
+
+def score(base: Distributions, other: Distributions, tokens: object, *, mode: str = "llama",
+          topk: Sequence[int] = (1, 5, 10), threads: Optional[int] = None) -> KLDResult:
+    """KL(base || other) and llama-perplexity's statistics over a block of rows.
+
+    base, other: logits (rows, vocab) as float32/float16/bfloat16, or
+        :class:`LlamaRows` (llama.cpp dump rows). ``other`` may be LlamaRows
+        only when ``base`` is (two saved dumps).
+    tokens: the actual next token of each row (the one whose NLL is scored).
+    mode: "llama" reproduces llama-perplexity (base terms with log p <= -16
+        dropped); "exact" sums every term (a dump's code 0 is its clipped tail).
+    topk: the k (1..10) for which top-k agreement is reported.
+    threads: rows are scored in parallel; default all available cores.
+    """
+    s = Scorer(mode=mode, topk=topk, threads=threads)
+    s.update(base, other, tokens)
+    return s.result()
+
+
+def _apply_kernel_env() -> None:
+    name = os.environ.get("QUANTKL_KERNEL", "").strip()
+    if name and name != "auto":
+        select_kernel(name)

@@ -1,0 +1,301 @@
+"""The statistics `llama-perplexity --kl-divergence` prints (SPEC §4), from per-token arrays.
+
+A :class:`KLDResult` keeps every scored token's KLD, both NLLs, Δp and the rank
+of the base's top token in the other model, so percentiles, worst tokens and
+paired tests stay possible, and so that adding two results is exactly the
+result of scoring the union. In ``llama`` mode the per-token values are rounded
+to float32 where llama.cpp holds them in float32 (NLLs, Δp, the KLD array used
+for percentiles), so the printed block matches llama-perplexity to the digit.
+"""
+from __future__ import annotations
+
+import json
+import math
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from .arrays import TOPK_MAX
+
+MODES = ("llama", "exact")
+
+KLD_PERCENTILES = ((0.999, "99.9%"), (0.990, "99.0%"), (0.950, "95.0%"), (0.900, "90.0%"))
+KLD_LOW_PERCENTILES = ((0.100, "10.0%"), (0.050, " 5.0%"), (0.010, " 1.0%"), (0.001, " 0.1%"))
+DP_HIGH_PERCENTILES = KLD_PERCENTILES + ((0.750, "75.0%"),)
+DP_LOW_PERCENTILES = ((0.250, "25.0%"),) + KLD_LOW_PERCENTILES
+
+CHUNK_HEADER = ("chunk             PPL               ln(PPL(Q)/PPL(base))          KL Divergence"
+                "              Δp RMS            Same top p")
+
+
+def stat_key(prefix: str, fraction: float) -> str:
+    """Attribute name of a percentile: kld_p99_9, dp_p75, kld_p0_1."""
+    return f"{prefix}_p{fraction * 100:g}".replace(".", "_")
+
+
+def mean_and_uncertainty(total: float, total2: float, n: int) -> Tuple[float, float]:
+    """llama.cpp's mean and its standard error from a sum and a sum of squares."""
+    if n < 1:
+        return 0.0, 0.0
+    f = total / n
+    v = total2 / n - f * f
+    return f, (math.sqrt(v / (n - 1)) if v > 0 and n > 10 else 0.0)
+
+
+def covariance(sa: float, sb: float, sab: float, n: int) -> float:
+    """llama.cpp's covariance of two means (0 below 10 samples)."""
+    if n < 10:
+        return 0.0
+    return (sab / n - (sa / n) * (sb / n)) / (n - 1)
+
+
+def _div(a: float, b: float) -> float:
+    """a / b with IEEE results (inf, nan) where C would give them, not an exception."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return float(np.float64(a) / np.float64(b))
+
+
+def percentile(sorted_values: np.ndarray, fraction: float) -> float:
+    """llama.cpp's interpolated percentile, in the array's own precision."""
+    ft = sorted_values.dtype.type
+    n = len(sorted_values)
+    f = ft(fraction)
+    if f <= 0:
+        return float(sorted_values[0])
+    if f >= 1:
+        return float(sorted_values[-1])
+    t = f * ft(n - 1)
+    k = int(t)
+    t = t - ft(k)
+    return float((ft(1) - t) * sorted_values[k] + t * sorted_values[min(k + 1, n - 1)])
+
+
+def median(sorted_values: np.ndarray) -> float:
+    ft = sorted_values.dtype.type
+    n = len(sorted_values)
+    if n % 2:
+        return float(sorted_values[n // 2])
+    return float(ft(0.5) * (sorted_values[n // 2] + sorted_values[n // 2 - 1]))
+
+
+class KLDResult:
+    """Scores of one or more blocks of tokens: llama-perplexity's statistics and the raw arrays.
+
+    Units: KLD and NLL in nats; Δp (``dp``) and same-top as probabilities in
+    [-1, 1] and [0, 1] (``format`` prints them as %). ``ppl_*`` are perplexities.
+    Per-token arrays: ``kld``, ``nll`` (other model), ``nll_base``, ``dp``,
+    ``rank`` (rank of the base's top token among the other model's
+    predictions, 0 = same top, 10 = not in its top 10).
+    """
+
+    def __init__(self, kld: np.ndarray, nll: np.ndarray, nll_base: np.ndarray,
+                 rank: np.ndarray, mode: str = "llama", topk: Sequence[int] = (1, 5, 10),
+                 chunk_ends: Optional[Iterable[int]] = None):
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        n = len(kld)
+        if not (len(nll) == len(nll_base) == len(rank) == n):
+            raise ValueError("per-token arrays must have one entry per token")
+        self.mode = mode
+        self.topk = check_topk(topk)
+        self.kld = np.asarray(kld, np.float64)
+        self.nll = np.asarray(nll, np.float64)
+        self.nll_base = np.asarray(nll_base, np.float64)
+        self.rank = np.asarray(rank, np.int8)
+        if mode == "llama":
+            # llama.cpp: float nll, nll_base; p = expf(-nll); Δp in float.
+            nll32 = self.nll.astype(np.float32)
+            base32 = self.nll_base.astype(np.float32)
+            with np.errstate(over="ignore", under="ignore"):
+                self.dp = (np.exp(-nll32) - np.exp(-base32)).astype(np.float64)
+        else:
+            self.dp = np.exp(-self.nll) - np.exp(-self.nll_base)
+        self.chunk_ends = list(chunk_ends) if chunk_ends is not None else [n]
+        self._stats: Optional[Dict[str, float]] = None
+
+    # --- merging -----------------------------------------------------------
+    def __add__(self, other: "KLDResult") -> "KLDResult":
+        if not isinstance(other, KLDResult):
+            return NotImplemented
+        if other.mode != self.mode:
+            raise ValueError(f"cannot add a {other.mode!r}-mode result to a {self.mode!r}-mode one")
+        n = self.count
+        ends = self.chunk_ends + [n + e for e in other.chunk_ends]
+        return KLDResult(np.concatenate([self.kld, other.kld]),
+                         np.concatenate([self.nll, other.nll]),
+                         np.concatenate([self.nll_base, other.nll_base]),
+                         np.concatenate([self.rank, other.rank]), self.mode,
+                         sorted(set(self.topk) | set(other.topk)), ends)
+
+    @property
+    def count(self) -> int:
+        """Number of scored tokens."""
+        return len(self.kld)
+
+    # --- llama.cpp's sums ----------------------------------------------------
+    def _sums(self, n: Optional[int] = None) -> Dict[str, float]:
+        sl = slice(0, self.count if n is None else n)
+        kld, nll, base, dp = self.kld[sl], self.nll[sl], self.nll_base[sl], self.dp[sl]
+        if self.mode == "llama":
+            # Products of float values are taken in float, as llama.cpp does.
+            nll, base, dp = nll.astype(np.float32), base.astype(np.float32), dp.astype(np.float32)
+        dp2 = (dp * dp).astype(np.float64)
+        f64 = np.float64
+        return {
+            "n": len(kld),
+            "nll": float(np.sum(nll, dtype=f64)), "nll2": float(np.sum(nll * nll, dtype=f64)),
+            "base": float(np.sum(base, dtype=f64)), "base2": float(np.sum(base * base, dtype=f64)),
+            "nll_base": float(np.sum(nll * base, dtype=f64)),
+            "kld": float(np.sum(kld)), "kld2": float(np.sum(kld * kld)),
+            "dp": float(np.sum(dp, dtype=f64)), "dp2": float(np.sum(dp2)),
+            "dp4": float(np.sum(dp2 * dp2)),
+            "same": int(np.count_nonzero(self.rank[sl] == 0)),
+        }
+
+    def _summary(self, n: Optional[int] = None) -> Dict[str, float]:
+        s = self._sums(n)
+        c = s["n"]
+        a, da = mean_and_uncertainty(s["nll"], s["nll2"], c)
+        b, db = mean_and_uncertainty(s["base"], s["base2"], c)
+        cov = covariance(s["nll"], s["base"], s["nll_base"], c)
+        ppl, ppl_base = math.exp(a), math.exp(b)
+        ln_ratio_var = da * da + db * db - 2.0 * cov
+        ln_ratio_unc = math.sqrt(ln_ratio_var) if ln_ratio_var >= 0 else float("nan")
+        ppl_diff_var = (ppl * da) ** 2 + (ppl_base * db) ** 2 - 2.0 * ppl * ppl_base * cov
+        kl, dkl = mean_and_uncertainty(s["kld"], s["kld2"], c)
+        dpm, ddpm = mean_and_uncertainty(s["dp"], s["dp2"], c)
+        mse, dmse = mean_and_uncertainty(s["dp2"], s["dp4"], c)
+        rms = math.sqrt(mse)
+        same = s["same"] / c if c else float("nan")
+        return {
+            "count": c,
+            "ppl": ppl, "ppl_unc": ppl * da,
+            "ppl_base": ppl_base, "ppl_base_unc": ppl_base * db,
+            "cor_ln_ppl": _div(cov, da * db),
+            "ln_ppl_ratio": a - b, "ln_ppl_ratio_unc": ln_ratio_unc,
+            "ppl_ratio": math.exp(a - b), "ppl_ratio_unc": math.exp(a - b) * ln_ratio_unc,
+            "ppl_diff": ppl - ppl_base,
+            "ppl_diff_unc": math.sqrt(ppl_diff_var) if ppl_diff_var >= 0 else float("nan"),
+            "kld_mean": kl, "kld_mean_unc": dkl,
+            "dp_mean": dpm, "dp_mean_unc": ddpm,
+            "dp_rms": rms, "dp_rms_unc": _div(0.5, rms) * dmse,
+            "same_top": same,
+            "same_top_unc": math.sqrt(_div(same * (1 - same), c - 1)) if c > 1 else float("nan"),
+        }
+
+    # --- public statistics ---------------------------------------------------
+    def statistics(self) -> Dict[str, float]:
+        """Every statistic of SPEC §4, by name (nats, probabilities, perplexities)."""
+        if self._stats is None:
+            self._stats = self._statistics()
+        return dict(self._stats)
+
+    def _statistics(self) -> Dict[str, float]:
+        out = self._summary()
+        ft = np.float32 if self.mode == "llama" else np.float64
+        kld = np.sort(self.kld.astype(ft))
+        dp = np.sort(self.dp.astype(ft))
+        if self.count:
+            out["kld_max"], out["kld_min"] = float(kld[-1]), float(kld[0])
+            out["kld_median"] = median(kld)
+            for f, _ in KLD_PERCENTILES + KLD_LOW_PERCENTILES:
+                out[stat_key("kld", f)] = percentile(kld, f)
+            out["dp_max"], out["dp_min"] = float(dp[-1]), float(dp[0])
+            out["dp_median"] = median(dp)
+            for f, _ in DP_HIGH_PERCENTILES + DP_LOW_PERCENTILES:
+                out[stat_key("dp", f)] = percentile(dp, f)
+        for k in self.topk:
+            s, u = self.topk_agreement(k)
+            out[f"top{k}_agreement"], out[f"top{k}_agreement_unc"] = s, u
+        return out
+
+    def __getattr__(self, name: str) -> float:
+        if name.startswith("_") or name in ("kld", "nll", "nll_base", "dp", "rank"):
+            raise AttributeError(name)
+        stats = self.statistics()
+        if name in stats:
+            return stats[name]
+        raise AttributeError(f"{type(self).__name__} has no statistic {name!r}")
+
+    def topk_agreement(self, k: int) -> Tuple[float, float]:
+        """Fraction of tokens whose base top token is in the other model's top k, ± its s.e."""
+        check_topk([k])
+        c = self.count
+        if c == 0:
+            return float("nan"), float("nan")
+        s = float(np.count_nonzero(self.rank < k)) / c
+        return s, (math.sqrt(s * (1 - s) / (c - 1)) if c > 1 else float("nan"))
+
+    def to_dict(self) -> Dict[str, object]:
+        """Statistics as plain floats (JSON-ready), plus mode and count."""
+        d: Dict[str, object] = {"mode": self.mode}
+        d.update(self.statistics())
+        return d
+
+    def to_json(self, **kw) -> str:
+        return json.dumps(self.to_dict(), **kw)
+
+    # --- llama-perplexity's printout ------------------------------------------
+    def format_chunk_row(self, chunk: int) -> str:
+        """The per-chunk line llama-perplexity prints after chunk ``chunk`` (1-based),
+        running totals over every token up to the end of that chunk."""
+        if not 1 <= chunk <= len(self.chunk_ends):
+            raise ValueError(f"chunk must be in 1..{len(self.chunk_ends)}, got {chunk}")
+        s = self._summary(self.chunk_ends[chunk - 1])
+        return ("%4d" % chunk
+                + "    %9.4f ± %9.4f" % (s["ppl"], s["ppl_unc"])
+                + "    %10.5f ± %10.5f" % (s["ln_ppl_ratio"], s["ln_ppl_ratio_unc"])
+                + "    %10.5f ± %10.5f" % (s["kld_mean"], s["kld_mean_unc"])
+                + "    %6.3f ± %6.3f %%" % (100 * s["dp_rms"], 100 * s["dp_rms_unc"])
+                + "    %6.3f ± %6.3f %%" % (100 * s["same_top"], 100 * s["same_top_unc"]))
+
+    def format(self) -> str:
+        """The statistics block exactly as llama-perplexity prints it, from
+        "====== Perplexity statistics ======" to "Same top p". llama-perplexity
+        prints nothing below 100 tokens; neither does this (empty string)."""
+        if self.count < 100:
+            return ""
+        s = self.statistics()
+        L = ["====== Perplexity statistics ======",
+             "Mean PPL(Q)                   : %10.6f ± %10.6f" % (s["ppl"], s["ppl_unc"]),
+             "Mean PPL(base)                : %10.6f ± %10.6f" % (s["ppl_base"], s["ppl_base_unc"]),
+             "Cor(ln(PPL(Q)), ln(PPL(base))): %6.2f%%" % (100 * s["cor_ln_ppl"]),
+             "Mean ln(PPL(Q)/PPL(base))     : %10.6f ± %10.6f" % (s["ln_ppl_ratio"],
+                                                                 s["ln_ppl_ratio_unc"]),
+             "Mean PPL(Q)/PPL(base)         : %10.6f ± %10.6f" % (s["ppl_ratio"], s["ppl_ratio_unc"]),
+             "Mean PPL(Q)-PPL(base)         : %10.6f ± %10.6f" % (s["ppl_diff"], s["ppl_diff_unc"]),
+             "",
+             "====== KL divergence statistics ======",
+             "Mean    KLD: %10.6f ± %10.6f" % (s["kld_mean"], s["kld_mean_unc"]),
+             "Maximum KLD: %10.6f" % s["kld_max"]]
+        L += ["%s   KLD: %10.6f" % (lab, s[stat_key("kld", f)]) for f, lab in KLD_PERCENTILES]
+        L.append("Median  KLD: %10.6f" % s["kld_median"])
+        L += ["%s   KLD: %10.6f" % (lab, s[stat_key("kld", f)]) for f, lab in KLD_LOW_PERCENTILES]
+        L += ["Minimum KLD: %10.6f" % s["kld_min"],
+              "",
+              "====== Token probability statistics ======",
+              "Mean    Δp: %6.3f ± %5.3f %%" % (100 * s["dp_mean"], 100 * s["dp_mean_unc"]),
+              "Maximum Δp: %6.3f%%" % (100 * s["dp_max"])]
+        L += ["%s   Δp: %6.3f%%" % (lab, 100 * s[stat_key("dp", f)]) for f, lab in DP_HIGH_PERCENTILES]
+        L.append("Median  Δp: %6.3f%%" % (100 * s["dp_median"]))
+        L += ["%s   Δp: %6.3f%%" % (lab, 100 * s[stat_key("dp", f)]) for f, lab in DP_LOW_PERCENTILES]
+        L += ["Minimum Δp: %6.3f%%" % (100 * s["dp_min"]),
+              "RMS Δp    : %6.3f ± %5.3f %%" % (100 * s["dp_rms"], 100 * s["dp_rms_unc"]),
+              "Same top p: %6.3f ± %5.3f %%" % (100 * s["same_top"], 100 * s["same_top_unc"])]
+        return "\n".join(L) + "\n"
+
+    def __repr__(self) -> str:
+        if not self.count:
+            return f"KLDResult(mode={self.mode!r}, count=0)"
+        s = self._summary()
+        return (f"KLDResult(mode={self.mode!r}, count={self.count}, "
+                f"kld_mean={s['kld_mean']:.6f}, ppl_ratio={s['ppl_ratio']:.6f}, "
+                f"same_top={s['same_top']:.4f})")
+
+
+def check_topk(topk: Iterable[int]) -> List[int]:
+    ks = sorted({int(k) for k in topk})
+    bad = [k for k in ks if not 1 <= k <= TOPK_MAX]
+    if bad:
+        raise ValueError(f"top-k values must be in 1..{TOPK_MAX}, got {bad}")
+    return ks
