@@ -27,6 +27,25 @@ static inline void qk_lse_push(qk_lse *a, double v)
 
 static inline double qk_lse_value(const qk_lse *a) { return a->max + log(a->sum); }
 
+/* llama.cpp holds max + log(sum) in float32 and uses that for every term of
+ * the row: rounding it the same way is what llama mode means by "the same
+ * numbers to the printed digit" (it moves a row's KLD by up to 1e-6 nats). */
+static inline double qk_lse_value_llama(const qk_lse *a)
+{
+    const float m = (float)a->max, l = (float)log(a->sum);
+    return (float)(m + l);
+}
+
+/* llama.cpp's float32 NLL of a token: float(lse) - logit, in float. */
+static inline double qk_nll_llama(double lse, double logit) { return (float)((float)lse - (float)logit); }
+
+/* llama.cpp's float32 decoding of a base row's token: -(scale*code + min). */
+static inline double qk_nll_base_llama(double scale, uint16_t code, double min_log_prob)
+{
+    const float lp = (float)scale * (float)code;
+    return -(float)(lp + (float)min_log_prob);
+}
+
 /* The QK_TOPK_MAX largest values seen so far, largest first; equal values
  * keep index order, so idx[0] is the first index of the maximum. */
 typedef struct {

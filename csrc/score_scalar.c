@@ -58,7 +58,7 @@ void qk_score_llama_logits_scalar(const uint16_t *p_row, const void *q, int q_dt
         out->status |= QK_Q_EMPTY;
     if (out->status)
         return;
-    const double lse_q = qk_lse_value(&lq);
+    const double lse_q = exact ? qk_lse_value(&lq) : qk_lse_value_llama(&lq);
     double kld = s1 - s2 + lse_q * s0;
     double c_tail = -INFINITY;
     if (tail_n > 0) {
@@ -68,11 +68,14 @@ void qk_score_llama_logits_scalar(const uint16_t *p_row, const void *q, int q_dt
     const double y_tok = qk_load(q, q_dtype, q_stride, tok);
     const uint16_t c_tok = qk_code(p_row, tok);
     out->kld = kld;
-    out->nll_q = lse_q - y_tok;
-    if (exact && c_tok == 0)
-        out->nll_p = y_tok > -INFINITY ? -c_tail : INFINITY;
-    else
-        out->nll_p = -(h.scale * c_tok + h.min_log_prob);
+    if (exact) {
+        out->nll_q = lse_q - y_tok;
+        out->nll_p = c_tok ? -(h.scale * c_tok + h.min_log_prob)
+                           : (y_tok > -INFINITY ? -c_tail : INFINITY);
+    } else {
+        out->nll_q = qk_nll_llama(lse_q, y_tok);
+        out->nll_p = qk_nll_base_llama(h.scale, c_tok, h.min_log_prob);
+    }
     out->top_p = (int32_t)top_p;
     out->top_q = (int32_t)tq.idx[0];
     out->rank = qk_topk_rank(&tq, top_p);
@@ -150,11 +153,13 @@ void qk_score_logits_logits_scalar(const void *p, int p_dtype, ptrdiff_t p_strid
         }
         if (bad_q || lq.max == -INFINITY)
             goto fail;
-        kld = s1 - s2 + qk_lse_value(&lq) * s0;
+        kld = s1 - s2 + qk_lse_value_llama(&lq) * s0;
     }
     out->kld = kld;
     out->nll_p = qk_lse_value(&lp) - qk_load(p, p_dtype, p_stride, tok);
-    out->nll_q = qk_lse_value(&lq) - qk_load(q, q_dtype, q_stride, tok);
+    const double y_tok = qk_load(q, q_dtype, q_stride, tok);
+    out->nll_q = mode == QK_EXACT ? qk_lse_value(&lq) - y_tok
+                                  : qk_nll_llama(qk_lse_value_llama(&lq), y_tok);
     out->top_p = (int32_t)top_p;
     out->top_q = (int32_t)tq.idx[0];
     out->rank = qk_topk_rank(&tq, top_p);

@@ -1,0 +1,173 @@
+"""llama.cpp `_logits_` files (SPEC §2): a memory-mapped reader and a streaming writer.
+
+The reader checks everything it can before any row is touched (magic, header,
+exact file length, token ids) and reports in plain words what is wrong. Chunks
+are handed out one at a time as views into the map, and the pages of a chunk
+are released once the next is requested, so scoring a 20 GB file keeps
+resident memory at about one chunk.
+"""
+from __future__ import annotations
+
+import mmap
+import os
+import struct
+from dataclasses import dataclass
+from typing import Iterator, Optional, Sequence
+
+import numpy as np
+
+from .arrays import LlamaRows, llama_row_width
+
+MAGIC = b"_logits_"
+HEADER = struct.Struct("<8sIii")
+
+
+class DumpError(ValueError):
+    """A logits file that is not what it should be (foreign, truncated, inconsistent)."""
+
+
+def scored_rows_per_chunk(n_ctx: int) -> int:
+    """Rows llama-perplexity scores per chunk: positions n_ctx/2 .. n_ctx-2."""
+    return n_ctx - 1 - n_ctx // 2
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """One chunk of a dump: its rows and the token each row predicts."""
+    index: int
+    rows: LlamaRows
+    tokens: np.ndarray  # int32, the actual next token of each row
+
+
+class LogitDump:
+    """A llama.cpp logits file written by `llama-perplexity --kl-divergence-base`.
+
+    Attributes: ``n_ctx``, ``n_vocab``, ``n_chunk``, ``rows_per_chunk``,
+    ``tokens`` (all evaluated tokens, int32, chunk after chunk), ``path``.
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = os.fspath(path)
+        try:
+            size = os.path.getsize(self.path)
+            f = open(self.path, "rb")
+        except OSError as e:
+            raise DumpError(f"{self.path}: cannot open: {e.strerror}") from None
+        with f:
+            head = f.read(HEADER.size)
+            if size == 0:
+                raise DumpError(f"{self.path}: empty file, not a llama.cpp logits file")
+            if len(head) < 8 or head[:8] != MAGIC:
+                raise DumpError(f"{self.path}: not a llama.cpp logits file "
+                                f"(starts with {head[:8]!r}, expected {MAGIC!r})")
+            if len(head) < HEADER.size:
+                raise DumpError(f"{self.path}: truncated header ({size} bytes, need {HEADER.size})")
+            _, n_ctx, n_vocab, n_chunk = HEADER.unpack(head)
+            if n_ctx < 3 or n_vocab < 1 or n_chunk < 1:
+                raise DumpError(f"{self.path}: impossible header n_ctx={n_ctx}, "
+                                f"n_vocab={n_vocab}, n_chunk={n_chunk}")
+            self.size = size
+            self.n_ctx, self.n_vocab, self.n_chunk = n_ctx, n_vocab, n_chunk
+            self.rows_per_chunk = scored_rows_per_chunk(n_ctx)
+            self.row_width = llama_row_width(n_vocab)
+            self._check_length()
+            self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        self.tokens = np.frombuffer(self._map, np.int32, n_ctx * n_chunk, HEADER.size)
+        bad = np.flatnonzero((self.tokens < 0) | (self.tokens >= n_vocab))
+        if bad.size:
+            i = int(bad[0])
+            raise DumpError(f"{self.path}: token {int(self.tokens[i])} at position {i % n_ctx} of "
+                            f"chunk {i // n_ctx + 1} is outside the vocabulary [0, {n_vocab})")
+        self._rows = np.frombuffer(self._map, np.uint16, self.n_rows * self.row_width,
+                                   self.rows_offset).reshape(self.n_rows, self.row_width)
+        self._resident: Optional[int] = None
+
+    # --- layout ------------------------------------------------------------
+    @property
+    def n_rows(self) -> int:
+        return self.n_chunk * self.rows_per_chunk
+
+    @property
+    def rows_offset(self) -> int:
+        return HEADER.size + 4 * self.n_ctx * self.n_chunk
+
+    @property
+    def chunk_bytes(self) -> int:
+        return 2 * self.row_width * self.rows_per_chunk
+
+    def expected_size(self) -> int:
+        return self.rows_offset + self.n_chunk * self.chunk_bytes
+
+    def _check_length(self) -> None:
+        expected = self.expected_size()
+        if self.size == expected:
+            return
+        if self.size > expected:
+            raise DumpError(f"{self.path}: {self.size - expected} unexpected bytes after the last "
+                            f"of {self.n_chunk} chunks (header says {expected} bytes in all)")
+        if self.size < self.rows_offset:
+            raise DumpError(f"{self.path}: truncated in the token list ({self.size} of "
+                            f"{expected} bytes; header says {self.n_chunk} chunks of {self.n_ctx})")
+        whole = (self.size - self.rows_offset) // self.chunk_bytes
+        raise DumpError(f"{self.path}: truncated at chunk {whole + 1} of {self.n_chunk} "
+                        f"({self.size} of {expected} bytes; {whole} whole chunks)")
+
+    # --- access ------------------------------------------------------------
+    def chunk_tokens(self, c: int) -> np.ndarray:
+        """The n_ctx tokens evaluated in chunk c (0-based)."""
+        return self.tokens[c * self.n_ctx:(c + 1) * self.n_ctx]
+
+    def chunk(self, c: int) -> Chunk:
+        if not 0 <= c < self.n_chunk:
+            raise IndexError(f"chunk {c} out of range 0..{self.n_chunk - 1}")
+        self._release_previous(c)
+        first = self.n_ctx // 2
+        r0 = c * self.rows_per_chunk
+        rows = LlamaRows(self._rows[r0:r0 + self.rows_per_chunk], self.n_vocab)
+        return Chunk(c, rows, np.ascontiguousarray(self.chunk_tokens(c)[first + 1:]))
+
+    def chunks(self, start: int = 0, stop: Optional[int] = None) -> Iterator[Chunk]:
+        for c in range(start, self.n_chunk if stop is None else min(stop, self.n_chunk)):
+            yield self.chunk(c)
+
+    def scored_tokens(self) -> np.ndarray:
+        """The next token of every row, all chunks."""
+        first = self.n_ctx // 2
+        return self.tokens.reshape(self.n_chunk, self.n_ctx)[:, first + 1:].reshape(-1).copy()
+
+    def all_rows(self) -> LlamaRows:
+        """Every row as one LlamaRows view (memory-mapped, not loaded)."""
+        return LlamaRows(self._rows, self.n_vocab)
+
+    def _release_previous(self, c: int) -> None:
+        # Pages of a finished chunk are file-backed and clean: dropping them
+        # keeps resident memory flat however long the file is.
+        prev = self._resident
+        self._resident = c
+        if prev is None or prev == c or not hasattr(self._map, "madvise"):
+            return
+        start = self.rows_offset + prev * self.chunk_bytes
+        page = mmap.PAGESIZE
+        lo = (start // page) * page
+        try:
+            self._map.madvise(mmap.MADV_DONTNEED, lo, start + self.chunk_bytes - lo)
+        except (OSError, ValueError, AttributeError):
+            pass
+
+    def close(self) -> None:
+        self._rows = None
+        self.tokens = None
+        try:
+            self._map.close()
+        except BufferError:
+            pass  # views still held by the caller keep the map alive
+
+    def __enter__(self) -> "LogitDump":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return (f"LogitDump({self.path!r}, n_ctx={self.n_ctx}, n_vocab={self.n_vocab}, "
+                f"n_chunk={self.n_chunk})")

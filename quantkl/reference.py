@@ -1,0 +1,167 @@
+"""Slow float64 numpy twin of every C kernel (the bottleneck ``slow/`` pattern).
+
+Whole-row, two-pass, obviously-correct numpy: the tests hold the kernels to
+these functions. Same inputs, same outputs as :func:`quantkl.score_rows` and
+:func:`quantkl.encode_llama_rows`; not meant to be fast.
+"""
+from __future__ import annotations
+
+from typing import Dict, Tuple
+
+import numpy as np
+
+from .arrays import TOPK_MAX, LlamaRows, llama_row_width
+
+
+def as_float64(logits: np.ndarray) -> np.ndarray:
+    """float32/float16/bfloat16 logits as float64 (exact widening)."""
+    a = np.asarray(logits)
+    if a.dtype.name == "bfloat16":
+        bits = a.view(np.uint16).astype(np.uint32) << 16
+        return bits.view(np.float32).astype(np.float64)
+    return a.astype(np.float64)
+
+
+def log_softmax(x: np.ndarray) -> np.ndarray:
+    """Row-wise log-softmax in float64; -inf stays -inf."""
+    m = np.max(x, axis=1, keepdims=True)
+    with np.errstate(under="ignore"):
+        return x - m - np.log(np.sum(np.exp(x - m), axis=1, keepdims=True))
+
+
+def llama_lse(y: np.ndarray) -> np.ndarray:
+    """Per-row max + log-sum-exp held in float32, as llama.cpp holds it."""
+    m = np.max(y, axis=1)
+    with np.errstate(under="ignore"):
+        lse = np.log(np.sum(np.exp(y - m[:, None]), axis=1))
+    return (m.astype(np.float32) + lse.astype(np.float32)).astype(np.float64)
+
+
+def decode_llama(rows: LlamaRows) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(codes, log p decoded, scale, min_log_prob) of llama rows, float64."""
+    r = np.ascontiguousarray(rows.rows)
+    header = r[:, :4].copy().view(np.float32).astype(np.float64)
+    scale, minlp = header[:, 0:1], header[:, 1:2]
+    codes = r[:, 4:4 + rows.n_vocab].astype(np.float64)
+    return codes, scale * codes + minlp, scale[:, 0], minlp[:, 0]
+
+
+def tail_log_prob(mass: np.ndarray, n: np.ndarray, min_log_prob: np.ndarray) -> np.ndarray:
+    """Log-probability of each code-0 entry: leftover mass spread evenly, kept
+    within [min_log_prob - 16, min_log_prob] (see csrc/rowstate.h)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        c = np.where(mass > 0, np.log(mass / np.maximum(n, 1)), -np.inf)
+    return np.clip(c, min_log_prob - 16.0, min_log_prob)
+
+
+def llama_base(rows: LlamaRows, mode: str, q_finite: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """Base probabilities and log-probabilities the kernels use for llama rows.
+
+    llama mode: decoded, terms with log p <= -16 dropped (p = 0). exact mode:
+    decoded where code > 0; code-0 entries (where the other side is finite)
+    share the clipped tail's mass.
+    """
+    codes, lp, _, minlp = decode_llama(rows)
+    if mode == "llama":
+        keep = lp > -16.0
+        return np.where(keep, np.exp(lp), 0.0), lp
+    nz = codes > 0
+    p_nz = np.where(nz, np.exp(lp), 0.0)
+    tail = ~nz & q_finite
+    c = tail_log_prob(1.0 - p_nz.sum(axis=1), tail.sum(axis=1), minlp)[:, None]
+    logp = np.where(nz, lp, np.where(tail, c, -np.inf))
+    return np.where(nz, p_nz, np.where(tail, np.exp(c), 0.0)), logp
+
+
+def llama_other(rows: LlamaRows) -> np.ndarray:
+    """Log-probabilities of a dump used as the second argument: code 0 is the tail."""
+    codes, lp, _, minlp = decode_llama(rows)
+    nz = codes > 0
+    c = tail_log_prob(1.0 - np.where(nz, np.exp(lp), 0.0).sum(axis=1), (~nz).sum(axis=1),
+                      minlp)[:, None]
+    return np.where(nz, lp, c)
+
+
+def rank_of(values: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """Rank of values[r, idx[r]] in its row (larger first, ties by index), capped at 10."""
+    n = values.shape[1]
+    v = values[np.arange(len(idx)), idx][:, None]
+    before = np.arange(n)[None, :] < idx[:, None]
+    rank = np.sum(values > v, axis=1) + np.sum((values == v) & before, axis=1)
+    return np.minimum(rank, TOPK_MAX)
+
+
+def score_rows(base, other, tokens, mode: str = "llama") -> Dict[str, np.ndarray]:
+    """Reference per-row kld, nll_p, nll_q, top_p, top_q, rank (float64 maths)."""
+    tokens = np.asarray(tokens, np.int64)
+    rows = np.arange(len(tokens))
+    llama_nll = mode == "llama" and isinstance(base, LlamaRows) and not isinstance(other, LlamaRows)
+    if isinstance(other, LlamaRows):
+        lq = llama_other(other)
+        q_rank_values = other.rows[:, 4:4 + other.n_vocab].astype(np.int64)
+        nll_q = -lq[rows, tokens]
+    else:
+        y = as_float64(other)
+        lq = log_softmax(y) if mode == "exact" else y - llama_lse(y)[:, None]
+        q_rank_values = y
+        nll_q = -lq[rows, tokens]
+        if mode == "llama":
+            f32 = np.float32
+            nll_q = (llama_lse(y).astype(f32) - y[rows, tokens].astype(f32)).astype(np.float64)
+    q_finite = lq > -np.inf
+    if isinstance(base, LlamaRows):
+        p, lp = llama_base(base, mode, q_finite)
+        top_p = np.argmax(base.rows[:, 4:4 + base.n_vocab], axis=1)
+    else:
+        x = as_float64(base)
+        lp = log_softmax(x)
+        p = np.exp(lp)
+        if mode == "llama":
+            p = np.where(lp > -16.0, p, 0.0)
+        top_p = np.argmax(x, axis=1)
+    with np.errstate(invalid="ignore"):
+        terms = np.where(p > 0, p * (lp - lq), 0.0)
+    nll_p = -lp[rows, tokens]  # the cut drops KLD terms only, never the token's NLL
+    if llama_nll:
+        _, _, scale, minlp = decode_llama(base)
+        f32 = np.float32
+        code = base.rows[rows, 4 + tokens].astype(f32)
+        nll_p = (-((scale.astype(f32) * code) + minlp.astype(f32))).astype(np.float64)
+    return {
+        "kld": terms.sum(axis=1),
+        "nll_p": nll_p,
+        "nll_q": nll_q,
+        "top_p": top_p,
+        "top_q": np.argmax(q_rank_values, axis=1),
+        "rank": rank_of(q_rank_values, top_p),
+    }
+
+
+def encode_llama_rows(logits: np.ndarray, tokens) -> Tuple[np.ndarray, np.ndarray]:
+    """llama.cpp's encoder in numpy float32 arithmetic: (rows uint16, nll float64).
+
+    expf is taken as float64 exp rounded to float32 (glibc's expf is correctly
+    rounded in all but rare cases), summed in float64 as llama.cpp does.
+    """
+    x = np.asarray(logits, np.float32)
+    n, n_vocab = x.shape
+    out = np.zeros((n, llama_row_width(n_vocab)), np.uint16)
+    nll = np.empty(n)
+    f32 = np.float32
+    for r in range(n):
+        row = x[r]
+        mx, mn = row.max(), row.min()
+        mn = max(mn, f32(mx - f32(16)))
+        with np.errstate(under="ignore"):
+            e = np.exp((row - mx).astype(np.float64)).astype(np.float32)
+        lse = f32(np.log(np.sum(e.astype(np.float64))))
+        min_lp = f32(f32(mn - mx) - lse)
+        scale = f32(f32(mx - mn) / f32(65535))
+        out[r, :4] = np.array([scale, min_lp], np.float32).view(np.uint16)
+        if scale != 0:
+            inv = f32(1) / scale
+            v = np.rint(inv * (row - mn))  # float32 maths, half to even
+            codes = np.where(row > mn, np.minimum(v, 65535), 0).astype(np.uint16)
+            out[r, 4:4 + n_vocab] = codes
+        nll[r] = f32(f32(mx + lse) - row[tokens[r]])
+    return out, nll
