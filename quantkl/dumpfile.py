@@ -12,7 +12,7 @@ import mmap
 import os
 import struct
 from dataclasses import dataclass
-from typing import Iterator, Optional, Sequence
+from typing import Iterator, List, Optional, Sequence
 
 import numpy as np
 
@@ -171,3 +171,125 @@ class LogitDump:
     def __repr__(self) -> str:
         return (f"LogitDump({self.path!r}, n_ctx={self.n_ctx}, n_vocab={self.n_vocab}, "
                 f"n_chunk={self.n_chunk})")
+
+
+class LogitDumpWriter:
+    """Streams a llama.cpp logits file to disk, chunk by chunk.
+
+    Rows go to ``PATH.partial`` and the file is renamed to ``PATH`` only when
+    every chunk the header promises has been written, so an interrupted run
+    never leaves a file that looks complete. Use as a context manager: an
+    exception inside the block deletes the partial file.
+    """
+
+    def __init__(self, path: str | os.PathLike, n_ctx: int, n_vocab: int,
+                 tokens: Sequence[int] | np.ndarray):
+        tokens = np.ascontiguousarray(tokens, dtype=np.int32)
+        if n_ctx < 3 or n_vocab < 1:
+            raise ValueError(f"impossible dump shape n_ctx={n_ctx}, n_vocab={n_vocab}")
+        if tokens.ndim != 1 or len(tokens) == 0 or len(tokens) % n_ctx:
+            raise ValueError(f"tokens must be whole chunks of {n_ctx}, got {len(tokens)}")
+        self.path = os.fspath(path)
+        self.partial = self.path + ".partial"
+        self.n_ctx, self.n_vocab = n_ctx, n_vocab
+        self.n_chunk = len(tokens) // n_ctx
+        self.rows_per_chunk = scored_rows_per_chunk(n_ctx)
+        self.row_width = llama_row_width(n_vocab)
+        self.chunks_written = 0
+        self._f = open(self.partial, "wb")
+        self._f.write(HEADER.pack(MAGIC, n_ctx, n_vocab, self.n_chunk))
+        self._f.write(tokens.data)
+
+    def write_chunk(self, rows: LlamaRows | np.ndarray) -> None:
+        """Append one chunk's rows (rows_per_chunk llama rows)."""
+        arr = rows.rows if isinstance(rows, LlamaRows) else np.asarray(rows)
+        expected = (self.rows_per_chunk, self.row_width)
+        if arr.dtype != np.uint16 or arr.shape != expected:
+            raise ValueError(f"a chunk is uint16 {expected}, got {arr.dtype} {arr.shape}")
+        if self.chunks_written >= self.n_chunk:
+            raise ValueError(f"all {self.n_chunk} chunks are already written")
+        self._f.write(np.ascontiguousarray(arr).data)
+        self.chunks_written += 1
+
+    def close(self) -> None:
+        """Finish: the file appears under its name only if it is whole."""
+        if self._f is None:
+            return
+        self._f.close()
+        self._f = None
+        if self.chunks_written != self.n_chunk:
+            os.unlink(self.partial)
+            raise ValueError(f"{self.path}: only {self.chunks_written} of {self.n_chunk} chunks "
+                             f"written; no file left behind")
+        os.replace(self.partial, self.path)
+
+    def abort(self) -> None:
+        if self._f is not None:
+            self._f.close()
+            self._f = None
+        try:
+            os.unlink(self.partial)
+        except FileNotFoundError:
+            pass
+
+    def __enter__(self) -> "LogitDumpWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+@dataclass
+class DumpInfo:
+    """What `quantkl info` reports about a file, whole or not."""
+    path: str
+    size: int
+    header: Optional[tuple] = None  # (n_ctx, n_vocab, n_chunk)
+    tokens_sample: Optional[List[int]] = None
+    problem: Optional[str] = None
+
+    def lines(self) -> List[tuple]:
+        out = [("file", f"{self.path} ({self.size:,} bytes)")]
+        if self.header:
+            n_ctx, n_vocab, n_chunk = self.header
+            r = scored_rows_per_chunk(n_ctx)
+            width = llama_row_width(n_vocab)
+            out += [("format", "llama.cpp logits (_logits_)"),
+                    ("n_ctx", str(n_ctx)), ("n_vocab", f"{n_vocab:,}"),
+                    ("chunks", f"{n_chunk} ({r} scored rows each, {n_chunk * r:,} rows)"),
+                    ("row", f"{width:,} uint16 ({2 * width:,} bytes)"),
+                    ("expected", f"{HEADER.size + 4 * n_ctx * n_chunk + 2 * width * r * n_chunk:,}"
+                                 f" bytes")]
+        if self.tokens_sample is not None:
+            out.append(("tokens", ", ".join(map(str, self.tokens_sample)) + ", ..."))
+        out.append(("status", "whole" if self.problem is None else f"NOT usable: {self.problem}"))
+        return out
+
+
+def inspect_dump(path: str | os.PathLike) -> DumpInfo:
+    """Describe a logits file without failing on it: header, tokens, and what is wrong."""
+    path = os.fspath(path)
+    try:
+        size = os.path.getsize(path)
+    except OSError as e:
+        raise DumpError(f"{path}: cannot open: {e.strerror}") from None
+    info = DumpInfo(path, size)
+    try:
+        with LogitDump(path) as d:
+            info.header = (d.n_ctx, d.n_vocab, d.n_chunk)
+            info.tokens_sample = d.tokens[:16].tolist()
+        return info
+    except DumpError as e:
+        info.problem = str(e).split(": ", 1)[-1]
+    with open(path, "rb") as f:
+        head = f.read(HEADER.size + 64)
+    if len(head) >= HEADER.size and head[:8] == MAGIC:
+        _, n_ctx, n_vocab, n_chunk = HEADER.unpack(head[:HEADER.size])
+        info.header = (n_ctx, n_vocab, n_chunk)
+        n_tok = (len(head) - HEADER.size) // 4
+        info.tokens_sample = np.frombuffer(head[HEADER.size:HEADER.size + 4 * n_tok],
+                                           np.int32).tolist()
+    return info

