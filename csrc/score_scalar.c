@@ -231,8 +231,13 @@ void qk_score_llama_llama_scalar(const uint16_t *p_row, const uint16_t *q_row, i
     }
     const uint16_t cp_tok = qk_code(p_row, tok), cq_tok = qk_code(q_row, tok);
     out->kld = kld;
-    out->nll_q = cq_tok ? -(hq.scale * cq_tok + hq.min_log_prob) : -c_q;
-    out->nll_p = exact && cp_tok == 0 ? -c_p : -(hp.scale * cp_tok + hp.min_log_prob);
+    if (exact) {
+        out->nll_q = cq_tok ? -(hq.scale * cq_tok + hq.min_log_prob) : -c_q;
+        out->nll_p = cp_tok ? -(hp.scale * cp_tok + hp.min_log_prob) : -c_p;
+    } else { /* the base's NLL as llama.cpp decodes it, whatever the other side is */
+        out->nll_q = cq_tok ? qk_nll_base_llama(hq.scale, cq_tok, hq.min_log_prob) : -c_q;
+        out->nll_p = qk_nll_base_llama(hp.scale, cp_tok, hp.min_log_prob);
+    }
     out->top_p = (int32_t)top_p;
     out->top_q = (int32_t)tq.idx[0];
     out->rank = qk_topk_rank(&tq, top_p);

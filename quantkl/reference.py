@@ -37,6 +37,14 @@ def llama_lse(y: np.ndarray) -> np.ndarray:
     return (m.astype(np.float32) + lse.astype(np.float32)).astype(np.float64)
 
 
+def llama_nll(rows: LlamaRows, tokens: np.ndarray) -> np.ndarray:
+    """-(scale * code + min_log_prob) of each row's token, in float32 as llama.cpp decodes."""
+    _, _, scale, minlp = decode_llama(rows)
+    f32 = np.float32
+    code = rows.rows[np.arange(len(tokens)), 4 + tokens].astype(f32)
+    return (-((scale.astype(f32) * code) + minlp.astype(f32))).astype(np.float64)
+
+
 def decode_llama(rows: LlamaRows) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(codes, log p decoded, scale, min_log_prob) of llama rows, float64."""
     r = np.ascontiguousarray(rows.rows)
@@ -95,11 +103,12 @@ def score_rows(base, other, tokens, mode: str = "llama") -> Dict[str, np.ndarray
     """Reference per-row kld, nll_p, nll_q, top_p, top_q, rank (float64 maths)."""
     tokens = np.asarray(tokens, np.int64)
     rows = np.arange(len(tokens))
-    llama_nll = mode == "llama" and isinstance(base, LlamaRows) and not isinstance(other, LlamaRows)
     if isinstance(other, LlamaRows):
         lq = llama_other(other)
         q_rank_values = other.rows[:, 4:4 + other.n_vocab].astype(np.int64)
         nll_q = -lq[rows, tokens]
+        if mode == "llama":
+            nll_q = np.where(q_rank_values[rows, tokens] > 0, llama_nll(other, tokens), nll_q)
     else:
         y = as_float64(other)
         lq = log_softmax(y) if mode == "exact" else y - llama_lse(y)[:, None]
@@ -122,11 +131,8 @@ def score_rows(base, other, tokens, mode: str = "llama") -> Dict[str, np.ndarray
     with np.errstate(invalid="ignore"):
         terms = np.where(p > 0, p * (lp - lq), 0.0)
     nll_p = -lp[rows, tokens]  # the cut drops KLD terms only, never the token's NLL
-    if llama_nll:
-        _, _, scale, minlp = decode_llama(base)
-        f32 = np.float32
-        code = base.rows[rows, 4 + tokens].astype(f32)
-        nll_p = (-((scale.astype(f32) * code) + minlp.astype(f32))).astype(np.float64)
+    if mode == "llama" and isinstance(base, LlamaRows):
+        nll_p = llama_nll(base, tokens)
     return {
         "kld": terms.sum(axis=1),
         "nll_p": nll_p,
