@@ -14,7 +14,7 @@ from Cython.Build import cythonize
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
-C_SOURCES = ["csrc/dispatch.c", "csrc/score_scalar.c", "csrc/encode_scalar.c"]
+C_SOURCES = ["csrc/dispatch.c", "csrc/score_scalar.c", "csrc/encode_scalar.c", "csrc/score_avx2.c"]
 BASE_FLAGS = ["-O3", "-std=c11", "-ffp-contract=off", "-fno-math-errno"]
 
 
@@ -52,7 +52,8 @@ extensions = [
         "quantkl._kernels",
         sources=["quantkl/_kernels.pyx"] + C_SOURCES,
         include_dirs=["csrc"],
-        depends=["csrc/quantkl.h", "csrc/dispatch.h", "csrc/rowload.h", "csrc/rowstate.h"],
+        depends=["csrc/quantkl.h", "csrc/dispatch.h", "csrc/rowload.h", "csrc/rowstate.h",
+                 "csrc/avx2_math.h"],
     )
 ]
 

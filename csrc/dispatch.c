@@ -15,14 +15,43 @@ typedef struct {
 
 static int always(void) { return 1; }
 
+#if defined(__x86_64__) || defined(__i386__)
+static int has_avx2(void)
+{
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+           __builtin_cpu_supports("f16c");
+}
+#endif
+
+/* Best first: qk_select_best takes the first path the CPU supports. */
 static const qk_path paths[] = {
+#if defined(__x86_64__) || defined(__i386__)
+    {"avx2", has_avx2, qk_score_llama_logits_avx2, qk_score_logits_logits_scalar,
+     qk_score_llama_llama_scalar, qk_encode_llama_row_scalar},
+#endif
     {"scalar", always, qk_score_llama_logits_scalar, qk_score_logits_logits_scalar,
      qk_score_llama_llama_scalar, qk_encode_llama_row_scalar},
 };
 
 #define N_PATHS ((int)(sizeof paths / sizeof paths[0]))
 
-static const qk_path *current = &paths[0];
+static const qk_path *current = 0;
+
+static const qk_path *best_path(void)
+{
+    for (int i = 0; i < N_PATHS; i++)
+        if (paths[i].supported())
+            return &paths[i];
+    return &paths[N_PATHS - 1];
+}
+
+static const qk_path *path(void)
+{
+    if (!current)
+        current = best_path();
+    return current;
+}
 
 int qk_path_count(void) { return N_PATHS; }
 
@@ -38,29 +67,29 @@ int qk_select_path(int i)
     return 0;
 }
 
-const char *qk_current_path(void) { return current->name; }
+const char *qk_current_path(void) { return path()->name; }
 
 void qk_score_llama_logits(const uint16_t *p_row, const void *q, int q_dtype, ptrdiff_t q_stride,
                            int64_t n_vocab, int32_t tok, int mode, qk_row *out)
 {
-    current->llama_logits(p_row, q, q_dtype, q_stride, n_vocab, tok, mode, out);
+    path()->llama_logits(p_row, q, q_dtype, q_stride, n_vocab, tok, mode, out);
 }
 
 void qk_score_logits_logits(const void *p, int p_dtype, ptrdiff_t p_stride, const void *q,
                             int q_dtype, ptrdiff_t q_stride, int64_t n_vocab, int32_t tok,
                             int mode, qk_row *out)
 {
-    current->logits_logits(p, p_dtype, p_stride, q, q_dtype, q_stride, n_vocab, tok, mode, out);
+    path()->logits_logits(p, p_dtype, p_stride, q, q_dtype, q_stride, n_vocab, tok, mode, out);
 }
 
 void qk_score_llama_llama(const uint16_t *p_row, const uint16_t *q_row, int64_t n_vocab,
                           int32_t tok, int mode, qk_row *out)
 {
-    current->llama_llama(p_row, q_row, n_vocab, tok, mode, out);
+    path()->llama_llama(p_row, q_row, n_vocab, tok, mode, out);
 }
 
 int qk_encode_llama_row(const float *x, ptrdiff_t stride, int64_t n_vocab, int32_t tok,
                         uint16_t *row, double *nll)
 {
-    return current->encode(x, stride, n_vocab, tok, row, nll);
+    return path()->encode(x, stride, n_vocab, tok, row, nll);
 }

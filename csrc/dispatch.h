@@ -20,6 +20,9 @@ void qk_score_llama_llama_scalar(const uint16_t *, const uint16_t *, int64_t, in
                                  qk_row *);
 int qk_encode_llama_row_scalar(const float *, ptrdiff_t, int64_t, int32_t, uint16_t *, double *);
 
+void qk_score_llama_logits_avx2(const uint16_t *, const void *, int, ptrdiff_t, int64_t, int32_t,
+                                int, qk_row *);
+
 int qk_path_count(void);
 const char *qk_path_name(int i);
 int qk_path_supported(int i);

@@ -90,6 +90,22 @@ static inline double qk_tail_log_prob(double mass, double n, double min_log_prob
     return c;
 }
 
+/* Smallest code whose decoded log-probability passes llama.cpp's cut
+ * (scale*code + min > -16, in double as the scalar kernel tests it);
+ * 65536 when no code does. Lets SIMD paths test the cut on integer codes. */
+static inline int32_t qk_llama_keep_from(double scale, double min_log_prob)
+{
+    if (scale == 0)
+        return min_log_prob > -16.0 ? 0 : 65536;
+    double c = ceil((-16.0 - min_log_prob) / scale);
+    int32_t k = c < 0 ? 0 : c > 65536 ? 65536 : (int32_t)c;
+    while (k > 0 && scale * (k - 1) + min_log_prob > -16.0)
+        k--;
+    while (k <= 65535 && !(scale * k + min_log_prob > -16.0))
+        k++;
+    return k;
+}
+
 static inline int32_t qk_side_status(int nonfinite, double max, int32_t nonfinite_bit,
                                      int32_t empty_bit)
 {

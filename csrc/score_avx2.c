@@ -1,0 +1,275 @@
+/* AVX2+FMA row kernels. Same contract as score_scalar.c, which they fall back
+ * to for strided rows and tiny vocabularies.
+ *
+ * A row is cut into tiles of QK_TILE entries; a tile is read from memory once
+ * and stays in L1 for two sweeps: sweep A takes the tile's max (the online
+ * normaliser moves once per tile, not per entry), checks for NaN/+inf, and
+ * feeds the rare candidates for top-k and argmax to scalar code; sweep B does
+ * the exps (float64, see qk_exp_pd) and the sums. Groups of eight whose base
+ * codes are all excluded skip the base's exp; groups of the other side lying
+ * more than 40 nats below its running max skip its exp (< 1e-17 of the sum). */
+#include "avx2_math.h"
+
+#ifdef QK_HAVE_X86
+#include <math.h>
+#include <string.h>
+
+#include "dispatch.h"
+#include "rowload.h"
+#include "rowstate.h"
+
+#define QK_TILE 1024
+#define QK_FAR 40.0
+
+/* Running log-sum-exp of one side, kept in vector lanes plus a scalar for tails. */
+typedef struct {
+    double max;
+    __m256d lo, hi;
+    double rest;
+} lse_vec;
+
+QK_AVX2 static inline void lse_vec_init(lse_vec *a)
+{
+    a->max = -INFINITY;
+    a->lo = a->hi = _mm256_setzero_pd();
+    a->rest = 0;
+}
+
+/* Move the running max up to m (called once per tile). */
+QK_AVX2 static inline void lse_vec_raise(lse_vec *a, double m)
+{
+    if (m > a->max) {
+        const double f = exp(a->max - m);
+        const __m256d fv = _mm256_set1_pd(f);
+        a->lo = _mm256_mul_pd(a->lo, fv);
+        a->hi = _mm256_mul_pd(a->hi, fv);
+        a->rest *= f;
+        a->max = m;
+    }
+}
+
+/* Add exp(v - max) for eight values; far = max - QK_FAR and m = max
+ * broadcast once per tile (max must be finite). */
+QK_AVX2 static inline void lse_vec_add8(lse_vec *a, __m256 v, __m256 far, __m256d m)
+{
+    if (!_mm256_movemask_ps(_mm256_cmp_ps(v, far, _CMP_GE_OQ)))
+        return;
+    a->lo = _mm256_add_pd(a->lo, qk_exp_pd(_mm256_sub_pd(qk_lo_pd(v), m)));
+    a->hi = _mm256_add_pd(a->hi, qk_exp_pd(_mm256_sub_pd(qk_hi_pd(v), m)));
+}
+
+QK_AVX2 static inline void lse_vec_add1(lse_vec *a, double v)
+{
+    if (v > -INFINITY)
+        a->rest += exp(v - a->max);
+}
+
+QK_AVX2 static inline qk_lse lse_vec_done(const lse_vec *a)
+{
+    qk_lse l = {a->max, qk_hsum_pd(_mm256_add_pd(a->lo, a->hi)) + a->rest};
+    return l;
+}
+
+/* Sweep A over logits: tile max, NaN/+inf, top-k candidates (scalar). */
+QK_AVX2 static inline float sweep_logits(const void *q, int dt, int64_t i0, int64_t n,
+                                         __m256 *bad, qk_topk *tq)
+{
+    __m256 vmax = _mm256_set1_ps(-INFINITY);
+    const __m256 inf = _mm256_set1_ps(INFINITY);
+    float smax = -INFINITY;
+    int64_t i = i0;
+    for (; i + 8 <= i0 + n; i += 8) {
+        const __m256 y = qk_load8(q, dt, i);
+        vmax = _mm256_max_ps(y, vmax);
+        *bad = _mm256_or_ps(*bad, _mm256_cmp_ps(y, inf, _CMP_NLT_UQ));
+        if (tq) {
+            const __m256 thr = _mm256_set1_ps(tq->n < QK_TOPK_MAX ? -INFINITY
+                                                                  : (float)tq->val[QK_TOPK_MAX - 1]);
+            if (tq->n < QK_TOPK_MAX || _mm256_movemask_ps(_mm256_cmp_ps(y, thr, _CMP_GT_OQ))) {
+                float v[8];
+                _mm256_storeu_ps(v, y);
+                for (int l = 0; l < 8; l++)
+                    qk_topk_push(tq, v[l], i + l);
+            }
+        }
+    }
+    for (; i < i0 + n; i++) {
+        const float y = (float)qk_load(q, dt, 1, i);
+        if (!(y < INFINITY))
+            *bad = _mm256_or_ps(*bad, _mm256_castsi256_ps(_mm256_set1_epi32(-1)));
+        smax = y > smax ? y : smax;
+        if (tq)
+            qk_topk_push(tq, y, i);
+    }
+    const float m = qk_hmax_ps(vmax);
+    return m > smax ? m : smax;
+}
+
+/* First index of the largest code, updated from eight codes at a time. */
+QK_AVX2 static inline void argmax_codes8(__m128i c, int64_t i, const uint16_t *row,
+                                         uint16_t *best, int64_t *top)
+{
+    const __m128i b = _mm_set1_epi16((short)*best);
+    if (_mm_movemask_epi8(_mm_cmpeq_epi16(_mm_max_epu16(c, b), b)) == 0xFFFF)
+        return;
+    for (int l = 0; l < 8; l++) {
+        const uint16_t v = qk_code(row, i + l);
+        if (v > *best) {
+            *best = v;
+            *top = i + l;
+        }
+    }
+}
+
+/* Lanes (as float64 masks) where codes >= from; from in [0, 65536]. */
+QK_AVX2 static inline __m128i codes_at_least(__m128i c, int32_t from)
+{
+    if (from <= 0)
+        return _mm_set1_epi32(-1);
+    if (from > 65535)
+        return _mm_setzero_si128();
+    const __m128i f = _mm_set1_epi16((short)(uint16_t)from);
+    return _mm_cmpeq_epi16(_mm_max_epu16(c, f), c);
+}
+
+QK_AVX2 static inline __m256d mask_lo(__m128i m16) { return _mm256_castsi256_pd(_mm256_cvtepi16_epi64(m16)); }
+QK_AVX2 static inline __m256d mask_hi(__m128i m16)
+{
+    return _mm256_castsi256_pd(_mm256_cvtepi16_epi64(_mm_unpackhi_epi64(m16, m16)));
+}
+
+/* Base sums over kept entries: s0 += p, s1 += p*lp, s2 += p*y (y = the other
+ * side's logit or log-probability; 0 where p is 0 so -inf never meets 0). */
+typedef struct {
+    __m256d s0, s1, s2;
+} base_sums;
+
+QK_AVX2 static inline void base_add4(base_sums *s, __m256d lp, __m256d keep, __m256d y)
+{
+    const __m256d p = _mm256_and_pd(qk_exp_pd(lp), keep);
+    const __m256d live = _mm256_cmp_pd(p, _mm256_setzero_pd(), _CMP_GT_OQ);
+    s->s0 = _mm256_add_pd(s->s0, p);
+    s->s1 = _mm256_fmadd_pd(p, _mm256_and_pd(lp, live), s->s1);
+    s->s2 = _mm256_fmadd_pd(p, _mm256_and_pd(y, live), s->s2);
+}
+
+QK_AVX2 static inline void base_add1(double *s0, double *s1, double *s2, double lp, double y)
+{
+    const double p = exp(lp);
+    if (p > 0) {
+        *s0 += p;
+        *s1 += p * lp;
+        *s2 += p * y;
+    }
+}
+
+QK_AVX2 void qk_score_llama_logits_avx2(const uint16_t *p_row, const void *q, int q_dtype,
+                                        ptrdiff_t q_stride, int64_t n_vocab, int32_t tok,
+                                        int mode, qk_row *out)
+{
+    if (q_stride != 1 || n_vocab < 64) {
+        qk_score_llama_logits_scalar(p_row, q, q_dtype, q_stride, n_vocab, tok, mode, out);
+        return;
+    }
+    memset(out, 0, sizeof *out);
+    qk_header h;
+    if (!qk_read_header(p_row, &h)) {
+        out->status = QK_P_BAD_HEADER;
+        return;
+    }
+    const int exact = mode == QK_EXACT;
+    const int32_t keep_from = exact ? 1 : qk_llama_keep_from(h.scale, h.min_log_prob);
+    const __m256d scale = _mm256_set1_pd(h.scale), minlp = _mm256_set1_pd(h.min_log_prob);
+    const __m256d ninf = _mm256_set1_pd(-INFINITY), one = _mm256_set1_pd(1.0);
+    lse_vec lq;
+    lse_vec_init(&lq);
+    qk_topk tq = {0};
+    base_sums bs = {_mm256_setzero_pd(), _mm256_setzero_pd(), _mm256_setzero_pd()};
+    double r0 = 0, r1 = 0, r2 = 0;                          /* scalar tails */
+    __m256d tail_n = _mm256_setzero_pd(), tail_y = _mm256_setzero_pd();
+    double tail_n_s = 0, tail_y_s = 0;
+    __m256 bad = _mm256_setzero_ps();
+    uint16_t best = 0;
+    int64_t top_p = 0;
+    for (int64_t t = 0; t < n_vocab; t += QK_TILE) {
+        const int64_t n = n_vocab - t < QK_TILE ? n_vocab - t : QK_TILE;
+        const int64_t nv = t + (n & ~(int64_t)7);
+        lse_vec_raise(&lq, sweep_logits(q, q_dtype, t, n, &bad, &tq));
+        const int q_live = lq.max > -INFINITY;
+        const __m256 far = _mm256_set1_ps((float)(lq.max - QK_FAR));
+        const __m256d qmax = _mm256_set1_pd(lq.max);
+        for (int64_t i = t; i < nv; i += 8) {
+            const __m256 y = qk_load8(q, q_dtype, i);
+            const __m128i c = qk_codes8(p_row, i);
+            argmax_codes8(c, i, p_row, &best, &top_p);
+            if (q_live)
+                lse_vec_add8(&lq, y, far, qmax);
+            const __m256d ylo = qk_lo_pd(y), yhi = qk_hi_pd(y);
+            if (exact) {
+                const __m128i z = _mm_cmpeq_epi16(c, _mm_setzero_si128());
+                if (!_mm_testz_si128(z, z)) {
+                    const __m256d zl = _mm256_and_pd(mask_lo(z), _mm256_cmp_pd(ylo, ninf, _CMP_GT_OQ));
+                    const __m256d zh = _mm256_and_pd(mask_hi(z), _mm256_cmp_pd(yhi, ninf, _CMP_GT_OQ));
+                    tail_n = _mm256_add_pd(tail_n, _mm256_add_pd(_mm256_and_pd(one, zl),
+                                                                 _mm256_and_pd(one, zh)));
+                    tail_y = _mm256_add_pd(tail_y, _mm256_add_pd(_mm256_and_pd(ylo, zl),
+                                                                 _mm256_and_pd(yhi, zh)));
+                }
+            }
+            const __m128i k = codes_at_least(c, keep_from);
+            if (_mm_testz_si128(k, k))
+                continue;
+            base_add4(&bs, _mm256_fmadd_pd(scale, qk_codes_lo_pd(c), minlp), mask_lo(k), ylo);
+            base_add4(&bs, _mm256_fmadd_pd(scale, qk_codes_hi_pd(c), minlp), mask_hi(k), yhi);
+        }
+        for (int64_t i = nv; i < t + n; i++) {
+            const double y = qk_load(q, q_dtype, 1, i);
+            const uint16_t c = qk_code(p_row, i);
+            if (c > best) {
+                best = c;
+                top_p = i;
+            }
+            if (q_live)
+                lse_vec_add1(&lq, y);
+            if (exact && c == 0 && y > -INFINITY) {
+                tail_n_s += 1;
+                tail_y_s += y;
+            }
+            if (c >= keep_from)
+                base_add1(&r0, &r1, &r2, h.scale * c + h.min_log_prob, y);
+        }
+    }
+    if (_mm256_movemask_ps(bad))
+        out->status |= QK_Q_NONFINITE;
+    if (lq.max == -INFINITY)
+        out->status |= QK_Q_EMPTY;
+    if (out->status)
+        return;
+    const qk_lse l = lse_vec_done(&lq);
+    const double lse_q = exact ? qk_lse_value(&l) : qk_lse_value_llama(&l);
+    const double s0 = qk_hsum_pd(bs.s0) + r0, s1 = qk_hsum_pd(bs.s1) + r1,
+                 s2 = qk_hsum_pd(bs.s2) + r2;
+    double kld = s1 - s2 + lse_q * s0;
+    const double tn = qk_hsum_pd(tail_n) + tail_n_s, ty = qk_hsum_pd(tail_y) + tail_y_s;
+    double c_tail = -INFINITY;
+    if (tn > 0) {
+        c_tail = qk_tail_log_prob(1.0 - s0, tn, h.min_log_prob);
+        kld += exp(c_tail) * (tn * (c_tail + lse_q) - ty);
+    }
+    const double y_tok = qk_load(q, q_dtype, 1, tok);
+    const uint16_t c_tok = qk_code(p_row, tok);
+    out->kld = kld;
+    if (exact) {
+        out->nll_q = lse_q - y_tok;
+        out->nll_p = c_tok ? -(h.scale * c_tok + h.min_log_prob)
+                           : (y_tok > -INFINITY ? -c_tail : INFINITY);
+    } else {
+        out->nll_q = qk_nll_llama(lse_q, y_tok);
+        out->nll_p = qk_nll_base_llama(h.scale, c_tok, h.min_log_prob);
+    }
+    out->top_p = (int32_t)top_p;
+    out->top_q = (int32_t)tq.idx[0];
+    out->rank = qk_topk_rank(&tq, top_p);
+}
+
+#endif
