@@ -153,6 +153,30 @@ def cmd_quantize(args) -> int:
     return EXIT_OK
 
 
+def cmd_bench(args) -> int:
+    import json
+    from .bench import KERNELS, machine, measure, workloads
+    kernels = args.kernels.split(",") if args.kernels else list(KERNELS)
+    results = []
+    if not args.json:
+        m = machine()
+        print(f"{m['cpu']}, {m['cores']} cores, kernel path {m['kernel_path']}; "
+              f"vocab {args.vocab}, {args.rows} rows, threads {args.threads or m['cores']}")
+        print(f"{'kernel':<10} {'mode':<6} {'quantkl M/s':>12} {'numpy M/s':>10} {'ratio':>7} "
+              f"{'GB/s':>6}")
+    for w in workloads(args.vocab, args.rows, args.threads, kernels):
+        r = measure(w)
+        results.append(r)
+        if not args.json:
+            print(f"{r['name']:<10} {r['mode']:<6} {r['rate_M_per_s']:12.1f} "
+                  f"{r['reference_rate_M_per_s']:10.1f} {r['ratio']:6.1f}x {r['GB_per_s']:6.2f}",
+                  flush=True)
+    if args.json:
+        print(json.dumps({"machine": machine(), "vocab": args.vocab, "rows": args.rows,
+                          "threads": args.threads, "kernels": results}, indent=2))
+    return EXIT_OK
+
+
 def mode_of(args) -> str:
     return "exact" if args.exact else "llama"
 
@@ -220,6 +244,16 @@ def build_parser() -> argparse.ArgumentParser:
     qz.add_argument("-o", "--output", required=True, metavar="OUT.gguf")
     qz.add_argument("-f", "--force", action="store_true", help="overwrite the output")
     qz.set_defaults(func=cmd_quantize)
+
+    b = sub.add_parser("bench", parents=[common], help="measure the kernels on this machine",
+                       description="Rate of each kernel in M vocabulary entries/s, beside the "
+                                   "numpy float32 baseline measured in the same run.")
+    b.add_argument("--vocab", type=positive_int, default=151936, help="vocabulary (default 151936)")
+    b.add_argument("--rows", type=positive_int, default=255, help="rows per block (default 255)")
+    b.add_argument("--kernels", help="comma-separated subset of "
+                                     "u16xf32,f32xf32,f16xf16,bf16xbf16,u16xu16,encode")
+    b.add_argument("--json", action="store_true", help="print one JSON object")
+    b.set_defaults(func=cmd_bench)
     return p
 
 
@@ -252,6 +286,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
+    except BrokenPipeError:  # output piped into head and the like
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
     except KeyboardInterrupt:
         print("quantkl: interrupted", file=sys.stderr)
         return EXIT_INTERNAL

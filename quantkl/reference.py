@@ -171,3 +171,55 @@ def encode_llama_rows(logits: np.ndarray, tokens) -> Tuple[np.ndarray, np.ndarra
             out[r, 4:4 + n_vocab] = codes
         nll[r] = f32(f32(mx + lse) - row[tokens[r]])
     return out, nll
+
+
+# --- plain float32 numpy baselines for benchmarks ----------------------------
+# What a user would write with numpy alone (vectorised over the block, float32
+# maths): the speed yardstick of quantkl.bench. They follow llama.cpp's
+# formulas without quantkl's refinements (no clipped-tail model), so tests hold
+# them to the kernels only where those coincide, at float32 tolerance.
+
+def _log_probs_row_f32(side, i: int, out: np.ndarray, work: np.ndarray) -> None:
+    """Row i's log-probabilities into out (float32, in place; work is scratch)."""
+    if isinstance(side, LlamaRows):
+        r = side.rows[i]
+        scale, minlp = r[:4].copy().view(np.float32)
+        np.multiply(r[4:4 + side.n_vocab], scale, out=out, casting="unsafe")
+        out += minlp
+        return
+    np.subtract(side[i], side[i].max(), out=out, casting="unsafe")
+    np.exp(out, out=work)
+    out -= np.float32(np.log(work.sum(dtype=np.float64)))
+
+
+def kld_numpy_f32(base, other, mode: str = "llama") -> np.ndarray:
+    """Per-row KL(base || other) in plain float32 numpy, row by row in place
+    (rows may be LlamaRows)."""
+    n_rows, n_vocab = base.shape
+    lp, lq, p = (np.empty(n_vocab, np.float32) for _ in range(3))
+    out = np.empty(n_rows)
+    for i in range(n_rows):
+        _log_probs_row_f32(base, i, lp, p)
+        _log_probs_row_f32(other, i, lq, p)
+        np.exp(lp, out=p)
+        if mode == "llama":
+            p[lp <= -16] = 0
+        lp -= lq
+        out[i] = np.dot(p, lp)
+    return out
+
+
+def encode_llama_rows_numpy_f32(logits: np.ndarray) -> np.ndarray:
+    """llama.cpp's encoder vectorised over the block in float32 numpy."""
+    x = np.asarray(logits, np.float32)
+    n, n_vocab = x.shape
+    mx = x.max(axis=1, keepdims=True)
+    mn = np.maximum(x.min(axis=1, keepdims=True), mx - np.float32(16))
+    lse = np.log(np.exp(x - mx).sum(axis=1, keepdims=True, dtype=np.float64)).astype(np.float32)
+    scale = (mx - mn) / np.float32(65535)
+    out = np.zeros((n, llama_row_width(n_vocab)), np.uint16)
+    out[:, :4] = np.concatenate([scale, (mn - mx) - lse], axis=1).view(np.uint16)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        codes = np.rint((np.float32(1) / scale) * (x - mn))
+    out[:, 4:4 + n_vocab] = np.where(x > mn, np.minimum(codes, 65535), 0)
+    return out

@@ -206,3 +206,18 @@ def test_encoder_matches_reference(kernel_path, rng, v):
     ref_rows, ref_nll = reference.encode_llama_rows(x, tok)
     assert_llama_rows_close(rows.rows, ref_rows)
     np.testing.assert_allclose(nll, ref_nll, rtol=1e-6)
+
+
+def test_numpy_baselines_agree_with_the_kernels(rng):
+    """The benchmarks' float32 numpy yardsticks compute the same quantities."""
+    n, v = 8, 49152
+    x = make_logits(rng, n, v, "wide").astype(np.float32)
+    y = perturb(rng, x, "wide").astype(np.float32)
+    tok = rng.integers(0, v, n)
+    base, _ = quantkl.encode_llama_rows(x, tok)
+    for b in (x, base):
+        np.testing.assert_allclose(reference.kld_numpy_f32(b, y, "llama"),
+                                   quantkl.score_rows(b, y, tok).kld, rtol=2e-3)
+    np.testing.assert_allclose(reference.kld_numpy_f32(x, y, "exact"),
+                               quantkl.score_rows(x, y, tok, mode="exact").kld, rtol=2e-3)
+    assert_llama_rows_close(reference.encode_llama_rows_numpy_f32(x), base.rows)

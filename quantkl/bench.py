@@ -1,0 +1,149 @@
+"""Kernel throughput against the numpy reference, measured in the same run.
+
+Shared by `quantkl bench` and benchmarks/ (pytest-benchmark). Rates are
+vocabulary entries scored per second (rows x vocab / seconds); the numpy
+baseline is measured right after on the same arrays, so the ratio holds on a
+noisy machine even when the absolute figures move.
+
+The logits are synthetic but shaped like a language model's: normal(0, 2.5)
+with 1 % of tokens lifted by 8 nats, which leaves about a quarter of the
+vocabulary within llama.cpp's 16-nat window (SmolLM2 on English text: 21 %),
+and the "quant" is the base plus normal(0, 0.3) noise.
+"""
+from __future__ import annotations
+
+import os
+import platform
+import time
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional
+
+import numpy as np
+
+from . import reference
+from .arrays import LlamaRows
+from .encoding import encode_llama_rows
+from .scoring import current_kernel, score_rows
+
+KERNELS = ("u16xf32", "f32xf32", "f16xf16", "bf16xbf16", "u16xu16", "encode")
+
+
+def lm_like_logits(rows: int, vocab: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((rows, vocab), dtype=np.float32) * np.float32(2.5)
+    lift = rng.random((rows, vocab), dtype=np.float32) < 0.01
+    x[lift] += 8
+    return x
+
+
+def perturbed(x: np.ndarray, seed: int = 1) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return x + rng.standard_normal(x.shape, dtype=np.float32) * np.float32(0.3)
+
+
+def bfloat16_dtype():
+    try:
+        import ml_dtypes
+    except ImportError:
+        return None
+    return ml_dtypes.bfloat16
+
+
+@dataclass
+class Workload:
+    """One kernel on one set of arrays: the fast call and its numpy twin."""
+    name: str
+    mode: str
+    n_entries: int
+    bytes_per_entry: int
+    run: Callable[[], object]
+    run_reference: Callable[[], object]
+
+
+def workloads(vocab: int = 151936, rows: int = 255, threads: Optional[int] = None,
+              kernels=KERNELS) -> List[Workload]:
+    x = lm_like_logits(rows, vocab)
+    y = perturbed(x)
+    tok = np.random.default_rng(2).integers(0, vocab, rows)
+    n = rows * vocab
+    out: List[Workload] = []
+    base_rows = other_rows = None
+    if {"u16xf32", "u16xu16"} & set(kernels):
+        base_rows = encode_llama_rows(x, tok, threads=threads)[0]
+    for name in kernels:
+        if name == "u16xf32":
+            for mode in ("llama", "exact"):
+                out.append(Workload(
+                    name, mode, n, 6,
+                    lambda m=mode: score_rows(base_rows, y, tok, mode=m, threads=threads),
+                    lambda m=mode: reference.kld_numpy_f32(base_rows, y, m)))
+        elif name in ("f32xf32", "f16xf16", "bf16xbf16"):
+            dt = {"f32xf32": np.float32, "f16xf16": np.float16,
+                  "bf16xbf16": bfloat16_dtype()}[name]
+            if dt is None:
+                continue  # bfloat16 needs ml_dtypes
+            a, b = x.astype(dt), y.astype(dt)
+            for mode in ("llama", "exact"):
+                out.append(Workload(
+                    name, mode, n, 2 * a.itemsize,
+                    lambda a=a, b=b, m=mode: score_rows(a, b, tok, mode=m, threads=threads),
+                    lambda a=a, b=b, m=mode: reference.kld_numpy_f32(a, b, m)))
+        elif name == "u16xu16":
+            other_rows = other_rows or encode_llama_rows(y, tok, threads=threads)[0]
+            for mode in ("llama", "exact"):
+                out.append(Workload(
+                    name, mode, n, 4,
+                    lambda m=mode: score_rows(base_rows, other_rows, tok, mode=m,
+                                              threads=threads),
+                    lambda m=mode: reference.kld_numpy_f32(base_rows, other_rows, m)))
+        elif name == "encode":
+            buf = np.empty((rows, 2 * ((vocab + 1) // 2) + 4), np.uint16)
+            out.append(Workload(
+                name, "llama", n, 6,
+                lambda: encode_llama_rows(x, tok, threads=threads, out=buf),
+                lambda: reference.encode_llama_rows_numpy_f32(x)))
+        else:
+            raise ValueError(f"unknown kernel {name!r}; choose from {', '.join(KERNELS)}")
+    return out
+
+
+def best_time(fn: Callable[[], object], repeat: int = 3, min_time: float = 0.0) -> float:
+    """Shortest of ``repeat`` runs (after one warm-up), in seconds."""
+    fn()
+    best = float("inf")
+    start = time.perf_counter()
+    i = 0
+    while i < repeat or time.perf_counter() - start < min_time:
+        t = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t)
+        i += 1
+    return best
+
+
+def measure(w: Workload, repeat: int = 3) -> Dict[str, object]:
+    t = best_time(w.run, repeat)
+    t_ref = best_time(w.run_reference, 1)
+    rate = w.n_entries / t / 1e6
+    ref = w.n_entries / t_ref / 1e6
+    return {"name": w.name, "mode": w.mode, "rate_M_per_s": rate,
+            "GB_per_s": rate * w.bytes_per_entry / 1e3,
+            "reference_rate_M_per_s": ref, "ratio": rate / ref}
+
+
+def machine() -> Dict[str, object]:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cores = os.cpu_count()
+    return {"cpu": cpu, "cores": cores, "kernel_path": current_kernel(),
+            "python": platform.python_version(), "numpy": np.__version__}
