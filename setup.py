@@ -14,7 +14,8 @@ from Cython.Build import cythonize
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
-C_SOURCES = ["csrc/dispatch.c", "csrc/score_scalar.c", "csrc/encode_scalar.c", "csrc/score_avx2.c"]
+C_SOURCES = ["csrc/dispatch.c", "csrc/score_scalar.c", "csrc/encode_scalar.c", "csrc/score_avx2.c",
+             "csrc/encode_avx2.c"]
 BASE_FLAGS = ["-O3", "-std=c11", "-ffp-contract=off", "-fno-math-errno"]
 
 

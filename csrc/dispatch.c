@@ -28,7 +28,7 @@ static int has_avx2(void)
 static const qk_path paths[] = {
 #if defined(__x86_64__) || defined(__i386__)
     {"avx2", has_avx2, qk_score_llama_logits_avx2, qk_score_logits_logits_scalar,
-     qk_score_llama_llama_scalar, qk_encode_llama_row_scalar},
+     qk_score_llama_llama_scalar, qk_encode_llama_row_avx2},
 #endif
     {"scalar", always, qk_score_llama_logits_scalar, qk_score_logits_logits_scalar,
      qk_score_llama_llama_scalar, qk_encode_llama_row_scalar},

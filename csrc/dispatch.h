@@ -23,6 +23,8 @@ int qk_encode_llama_row_scalar(const float *, ptrdiff_t, int64_t, int32_t, uint1
 void qk_score_llama_logits_avx2(const uint16_t *, const void *, int, ptrdiff_t, int64_t, int32_t,
                                 int, qk_row *);
 
+int qk_encode_llama_row_avx2(const float *, ptrdiff_t, int64_t, int32_t, uint16_t *, double *);
+
 int qk_path_count(void);
 const char *qk_path_name(int i);
 int qk_path_supported(int i);

@@ -109,6 +109,17 @@ def token_ids(tokens: object, n_rows: int, n_vocab: int) -> np.ndarray:
     return np.ascontiguousarray(t, dtype=np.int32)
 
 
+# Below this many vocabulary entries per thread, waking another thread costs
+# more than it saves (and on a busy machine a descheduled thread stalls the
+# whole call at the closing barrier).
+ENTRIES_PER_THREAD = 1 << 18
+
+
+def threads_for(threads: int, n_rows: int, n_vocab: int) -> int:
+    """Threads worth using for a block: never more than rows or than the work warrants."""
+    return max(1, min(threads, n_rows, (n_rows * n_vocab) // ENTRIES_PER_THREAD))
+
+
 def thread_count(threads: int | None) -> int:
     """Threads for the row loops: all cores this process may use unless told."""
     if threads is None:

@@ -6,7 +6,8 @@ from typing import Optional, Tuple
 import numpy as np
 
 from . import _kernels
-from .arrays import LlamaRows, llama_row_width, logits_view, thread_count, token_ids
+from .arrays import (LlamaRows, llama_row_width, logits_view, thread_count, threads_for,
+                     token_ids)
 from .scoring import raise_for_status
 
 
@@ -30,6 +31,7 @@ def encode_llama_rows(logits: np.ndarray, tokens: object, *, threads: Optional[i
         out = np.empty((n, width), np.uint16)
     elif out.dtype != np.uint16 or out.shape != (n, width) or out.strides[1] != 2:
         raise ValueError(f"out must be a uint16 array of shape {(n, width)} with contiguous rows")
-    nll, status = _kernels.encode_llama_rows(view, tok, out, thread_count(threads))
+    nthreads = threads_for(thread_count(threads), n, n_vocab)
+    nll, status = _kernels.encode_llama_rows(view, tok, out, nthreads)
     raise_for_status(status)
     return LlamaRows(out, n_vocab), nll

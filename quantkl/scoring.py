@@ -12,7 +12,7 @@ from typing import Optional, Sequence, Union
 import numpy as np
 
 from . import _kernels
-from .arrays import LlamaRows, logits_view, thread_count, token_ids
+from .arrays import LlamaRows, logits_view, thread_count, threads_for, token_ids
 from .stats import MODES, KLDResult, check_topk
 
 Distributions = Union[np.ndarray, LlamaRows]
@@ -86,6 +86,7 @@ def score_rows(base: Distributions, other: Distributions, tokens: object, *,
     if n_rows == 0:
         raise ValueError("no rows to score")
     tok = token_ids(tokens, n_rows, n_vocab)
+    nthreads = threads_for(nthreads, n_rows, n_vocab)
     if isinstance(base, LlamaRows) and isinstance(other, LlamaRows):
         out = _kernels.score_llama_llama(base.rows, other.rows, tok, n_vocab, mode_code, nthreads)
     elif isinstance(base, LlamaRows):
