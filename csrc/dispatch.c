@@ -27,8 +27,8 @@ static int has_avx2(void)
 /* Best first: qk_select_best takes the first path the CPU supports. */
 static const qk_path paths[] = {
 #if defined(__x86_64__) || defined(__i386__)
-    {"avx2", has_avx2, qk_score_llama_logits_avx2, qk_score_logits_logits_scalar,
-     qk_score_llama_llama_scalar, qk_encode_llama_row_avx2},
+    {"avx2", has_avx2, qk_score_llama_logits_avx2, qk_score_logits_logits_avx2,
+     qk_score_llama_llama_avx2, qk_encode_llama_row_avx2},
 #endif
     {"scalar", always, qk_score_llama_logits_scalar, qk_score_logits_logits_scalar,
      qk_score_llama_llama_scalar, qk_encode_llama_row_scalar},

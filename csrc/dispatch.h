@@ -23,6 +23,9 @@ int qk_encode_llama_row_scalar(const float *, ptrdiff_t, int64_t, int32_t, uint1
 void qk_score_llama_logits_avx2(const uint16_t *, const void *, int, ptrdiff_t, int64_t, int32_t,
                                 int, qk_row *);
 
+void qk_score_logits_logits_avx2(const void *, int, ptrdiff_t, const void *, int, ptrdiff_t,
+                                 int64_t, int32_t, int, qk_row *);
+void qk_score_llama_llama_avx2(const uint16_t *, const uint16_t *, int64_t, int32_t, int, qk_row *);
 int qk_encode_llama_row_avx2(const float *, ptrdiff_t, int64_t, int32_t, uint16_t *, double *);
 
 int qk_path_count(void);

@@ -272,4 +272,345 @@ QK_AVX2 void qk_score_llama_logits_avx2(const uint16_t *p_row, const void *q, in
     out->rank = qk_topk_rank(&tq, top_p);
 }
 
+/* Sweep A over base logits: tile max, NaN/+inf, first index of the max. */
+QK_AVX2 static inline float sweep_argmax(const void *p, int dt, int64_t i0, int64_t n,
+                                         __m256 *bad, float *best, int64_t *top)
+{
+    __m256 vmax = _mm256_set1_ps(-INFINITY);
+    const __m256 inf = _mm256_set1_ps(INFINITY);
+    float smax = -INFINITY;
+    int64_t i = i0;
+    for (; i + 8 <= i0 + n; i += 8) {
+        const __m256 x = qk_load8(p, dt, i);
+        vmax = _mm256_max_ps(x, vmax);
+        *bad = _mm256_or_ps(*bad, _mm256_cmp_ps(x, inf, _CMP_NLT_UQ));
+        if (_mm256_movemask_ps(_mm256_cmp_ps(x, _mm256_set1_ps(*best), _CMP_GT_OQ))) {
+            float v[8];
+            _mm256_storeu_ps(v, x);
+            for (int l = 0; l < 8; l++)
+                if (v[l] > *best) {
+                    *best = v[l];
+                    *top = i + l;
+                }
+        }
+    }
+    for (; i < i0 + n; i++) {
+        const float x = (float)qk_load(p, dt, 1, i);
+        if (!(x < INFINITY))
+            *bad = _mm256_or_ps(*bad, _mm256_castsi256_ps(_mm256_set1_epi32(-1)));
+        smax = x > smax ? x : smax;
+        if (x > *best) {
+            *best = x;
+            *top = i;
+        }
+    }
+    const float m = qk_hmax_ps(vmax);
+    return m > smax ? m : smax;
+}
+
+static inline int32_t sides_status(int bad_p, double max_p, int bad_q, double max_q)
+{
+    return qk_side_status(bad_p, max_p, QK_P_NONFINITE, QK_P_EMPTY) |
+           qk_side_status(bad_q, max_q, QK_Q_NONFINITE, QK_Q_EMPTY);
+}
+
+QK_AVX2 void qk_score_logits_logits_avx2(const void *p, int p_dtype, ptrdiff_t p_stride,
+                                         const void *q, int q_dtype, ptrdiff_t q_stride,
+                                         int64_t n_vocab, int32_t tok, int mode, qk_row *out)
+{
+    if (p_stride != 1 || q_stride != 1 || n_vocab < 64) {
+        qk_score_logits_logits_scalar(p, p_dtype, p_stride, q, q_dtype, q_stride, n_vocab, tok,
+                                      mode, out);
+        return;
+    }
+    memset(out, 0, sizeof *out);
+    const int exact = mode == QK_EXACT;
+    const __m256 ninf_ps = _mm256_set1_ps(-INFINITY);
+    const __m256d ninf = _mm256_set1_pd(-INFINITY), zero = _mm256_setzero_pd();
+    lse_vec lp, lq;
+    lse_vec_init(&lp);
+    lse_vec_init(&lq);
+    qk_topk tq = {0};
+    __m256 bad_p = _mm256_setzero_ps(), bad_q = _mm256_setzero_ps();
+    float best = -INFINITY;
+    int64_t top_p = 0;
+    double kld;
+    if (exact) {
+        /* a = sum exp(x - lp.max) * (x - y), rescaled with lp */
+        __m256d a_lo = zero, a_hi = zero;
+        double a_rest = 0;
+        for (int64_t t = 0; t < n_vocab; t += QK_TILE) {
+            const int64_t n = n_vocab - t < QK_TILE ? n_vocab - t : QK_TILE;
+            const int64_t nv = t + (n & ~(int64_t)7);
+            const double mp = sweep_argmax(p, p_dtype, t, n, &bad_p, &best, &top_p);
+            if (mp > lp.max) {
+                const double f = exp(lp.max - mp);
+                const __m256d fv = _mm256_set1_pd(f), infv = _mm256_set1_pd(INFINITY);
+                a_lo = _mm256_blendv_pd(_mm256_mul_pd(a_lo, fv), a_lo, _mm256_cmp_pd(a_lo, infv, _CMP_EQ_OQ));
+                a_hi = _mm256_blendv_pd(_mm256_mul_pd(a_hi, fv), a_hi, _mm256_cmp_pd(a_hi, infv, _CMP_EQ_OQ));
+                a_rest = a_rest == INFINITY ? a_rest : a_rest * f;
+            }
+            lse_vec_raise(&lp, mp);
+            lse_vec_raise(&lq, sweep_logits(q, q_dtype, t, n, &bad_q, &tq));
+            if (lp.max == -INFINITY)
+                continue;
+            const __m256 farp = _mm256_set1_ps((float)(lp.max - QK_FAR));
+            const __m256 farq = _mm256_set1_ps((float)(lq.max - QK_FAR));
+            const __m256d pmax = _mm256_set1_pd(lp.max), qmax = _mm256_set1_pd(lq.max);
+            const int q_live = lq.max > -INFINITY;
+            for (int64_t i = t; i < nv; i += 8) {
+                const __m256 x = qk_load8(p, p_dtype, i), y = qk_load8(q, q_dtype, i);
+                if (q_live)
+                    lse_vec_add8(&lq, y, farq, qmax);
+                /* a group far below the max is skipped unless the other side
+                 * masks a token there (then the KL is infinite, and must say so) */
+                if (!_mm256_movemask_ps(_mm256_cmp_ps(x, farp, _CMP_GE_OQ)) &&
+                    !_mm256_movemask_ps(_mm256_and_ps(_mm256_cmp_ps(y, ninf_ps, _CMP_EQ_OQ),
+                                                      _mm256_cmp_ps(x, ninf_ps, _CMP_GT_OQ))))
+                    continue;
+                const __m256d xl = qk_lo_pd(x), xh = qk_hi_pd(x);
+                const __m256d el = qk_exp_pd(_mm256_sub_pd(xl, pmax));
+                const __m256d eh = qk_exp_pd(_mm256_sub_pd(xh, pmax));
+                lp.lo = _mm256_add_pd(lp.lo, el);
+                lp.hi = _mm256_add_pd(lp.hi, eh);
+                /* x = -inf carries no mass: its difference must not meet 0 */
+                const __m256d dl = _mm256_and_pd(_mm256_sub_pd(xl, qk_lo_pd(y)),
+                                                 _mm256_cmp_pd(xl, ninf, _CMP_GT_OQ));
+                const __m256d dh = _mm256_and_pd(_mm256_sub_pd(xh, qk_hi_pd(y)),
+                                                 _mm256_cmp_pd(xh, ninf, _CMP_GT_OQ));
+                a_lo = _mm256_add_pd(a_lo, _mm256_and_pd(_mm256_mul_pd(el, dl),
+                                                         _mm256_cmp_pd(el, zero, _CMP_GT_OQ)));
+                a_hi = _mm256_add_pd(a_hi, _mm256_and_pd(_mm256_mul_pd(eh, dh),
+                                                         _mm256_cmp_pd(eh, zero, _CMP_GT_OQ)));
+                /* a mass that underflowed to 0 against a masked token is still infinite */
+                const __m256d inf_l = _mm256_and_pd(_mm256_cmp_pd(dl, _mm256_set1_pd(INFINITY), _CMP_EQ_OQ),
+                                                    _mm256_set1_pd(INFINITY));
+                const __m256d inf_h = _mm256_and_pd(_mm256_cmp_pd(dh, _mm256_set1_pd(INFINITY), _CMP_EQ_OQ),
+                                                    _mm256_set1_pd(INFINITY));
+                a_lo = _mm256_add_pd(a_lo, inf_l);
+                a_hi = _mm256_add_pd(a_hi, inf_h);
+            }
+            for (int64_t i = nv; i < t + n; i++) {
+                const double x = qk_load(p, p_dtype, 1, i), y = qk_load(q, q_dtype, 1, i);
+                if (q_live)
+                    lse_vec_add1(&lq, y);
+                if (x > -INFINITY) {
+                    const double e = exp(x - lp.max);
+                    lp.rest += e;
+                    a_rest += (x - y == INFINITY) ? INFINITY : e * (x - y);
+                }
+            }
+        }
+        out->status = sides_status(_mm256_movemask_ps(bad_p), lp.max, _mm256_movemask_ps(bad_q),
+                                   lq.max);
+        if (out->status)
+            return;
+        const qk_lse sp = lse_vec_done(&lp), sq = lse_vec_done(&lq);
+        const double a = qk_hsum_pd(_mm256_add_pd(a_lo, a_hi)) + a_rest;
+        kld = a / sp.sum - qk_lse_value(&sp) + qk_lse_value(&sq);
+        out->nll_p = qk_lse_value(&sp) - qk_load(p, p_dtype, 1, tok);
+        out->nll_q = qk_lse_value(&sq) - qk_load(q, q_dtype, 1, tok);
+    } else {
+        for (int64_t t = 0; t < n_vocab; t += QK_TILE) {
+            const int64_t n = n_vocab - t < QK_TILE ? n_vocab - t : QK_TILE;
+            const int64_t nv = t + (n & ~(int64_t)7);
+            lse_vec_raise(&lp, sweep_argmax(p, p_dtype, t, n, &bad_p, &best, &top_p));
+            if (lp.max == -INFINITY)
+                continue;
+            const __m256 far = _mm256_set1_ps((float)(lp.max - QK_FAR));
+            const __m256d pmax = _mm256_set1_pd(lp.max);
+            for (int64_t i = t; i < nv; i += 8)
+                lse_vec_add8(&lp, qk_load8(p, p_dtype, i), far, pmax);
+            for (int64_t i = nv; i < t + n; i++)
+                lse_vec_add1(&lp, qk_load(p, p_dtype, 1, i));
+        }
+        out->status = qk_side_status(_mm256_movemask_ps(bad_p), lp.max, QK_P_NONFINITE, QK_P_EMPTY);
+        if (out->status)
+            return;
+        const qk_lse sp = lse_vec_done(&lp);
+        const double lse_p = qk_lse_value(&sp);
+        const __m256d vlse = _mm256_set1_pd(lse_p), cut = _mm256_set1_pd(-16.0);
+        const __m256 fcut = _mm256_set1_ps((float)(lse_p - 16.0) - 1.0f);
+        base_sums bs = {zero, zero, zero};
+        double r0 = 0, r1 = 0, r2 = 0;
+        for (int64_t t = 0; t < n_vocab; t += QK_TILE) {
+            const int64_t n = n_vocab - t < QK_TILE ? n_vocab - t : QK_TILE;
+            const int64_t nv = t + (n & ~(int64_t)7);
+            lse_vec_raise(&lq, sweep_logits(q, q_dtype, t, n, &bad_q, &tq));
+            const int q_live = lq.max > -INFINITY;
+            const __m256 farq = _mm256_set1_ps((float)(lq.max - QK_FAR));
+            const __m256d qmax = _mm256_set1_pd(lq.max);
+            for (int64_t i = t; i < nv; i += 8) {
+                const __m256 x = qk_load8(p, p_dtype, i), y = qk_load8(q, q_dtype, i);
+                if (q_live)
+                    lse_vec_add8(&lq, y, farq, qmax);
+                /* fcut sits a nat below the cut: groups under it have no kept term */
+                if (!_mm256_movemask_ps(_mm256_cmp_ps(x, fcut, _CMP_GT_OQ)))
+                    continue;
+                const __m256d ll = _mm256_sub_pd(qk_lo_pd(x), vlse), lh = _mm256_sub_pd(qk_hi_pd(x), vlse);
+                base_add4(&bs, ll, _mm256_cmp_pd(ll, cut, _CMP_GT_OQ), qk_lo_pd(y));
+                base_add4(&bs, lh, _mm256_cmp_pd(lh, cut, _CMP_GT_OQ), qk_hi_pd(y));
+            }
+            for (int64_t i = nv; i < t + n; i++) {
+                const double y = qk_load(q, q_dtype, 1, i);
+                if (q_live)
+                    lse_vec_add1(&lq, y);
+                const double l = qk_load(p, p_dtype, 1, i) - lse_p;
+                if (l > -16.0)
+                    base_add1(&r0, &r1, &r2, l, y);
+            }
+        }
+        out->status = qk_side_status(_mm256_movemask_ps(bad_q), lq.max, QK_Q_NONFINITE, QK_Q_EMPTY);
+        if (out->status)
+            return;
+        const qk_lse sq = lse_vec_done(&lq);
+        const double s0 = qk_hsum_pd(bs.s0) + r0, s1 = qk_hsum_pd(bs.s1) + r1,
+                     s2 = qk_hsum_pd(bs.s2) + r2;
+        kld = s1 - s2 + qk_lse_value_llama(&sq) * s0;
+        out->nll_p = lse_p - qk_load(p, p_dtype, 1, tok);
+        out->nll_q = qk_nll_llama(qk_lse_value_llama(&sq), qk_load(q, q_dtype, 1, tok));
+    }
+    out->kld = kld;
+    out->top_p = (int32_t)top_p;
+    out->top_q = (int32_t)tq.idx[0];
+    out->rank = qk_topk_rank(&tq, top_p);
+}
+
+/* Top-k candidates among eight codes of the other dump (scalar pushes). */
+QK_AVX2 static inline void topk_codes8(__m128i c, int64_t i, const uint16_t *row, qk_topk *t)
+{
+    if (t->n == QK_TOPK_MAX) {
+        const __m128i thr = _mm_set1_epi16((short)(uint16_t)t->val[QK_TOPK_MAX - 1]);
+        if (_mm_movemask_epi8(_mm_cmpeq_epi16(_mm_max_epu16(c, thr), thr)) == 0xFFFF)
+            return;
+    }
+    for (int l = 0; l < 8; l++)
+        qk_topk_push(t, qk_code(row, i + l), i + l);
+}
+
+QK_AVX2 static inline int popcount16(__m128i m16) { return __builtin_popcount(_mm_movemask_epi8(m16)) / 2; }
+
+QK_AVX2 void qk_score_llama_llama_avx2(const uint16_t *p_row, const uint16_t *q_row,
+                                       int64_t n_vocab, int32_t tok, int mode, qk_row *out)
+{
+    if (n_vocab < 64) {
+        qk_score_llama_llama_scalar(p_row, q_row, n_vocab, tok, mode, out);
+        return;
+    }
+    memset(out, 0, sizeof *out);
+    qk_header hp, hq;
+    if (!qk_read_header(p_row, &hp))
+        out->status |= QK_P_BAD_HEADER;
+    if (!qk_read_header(q_row, &hq))
+        out->status |= QK_Q_BAD_HEADER;
+    if (out->status)
+        return;
+    const int exact = mode == QK_EXACT;
+    const int32_t keep_from = exact ? 1 : qk_llama_keep_from(hp.scale, hp.min_log_prob);
+    const __m256d sp = _mm256_set1_pd(hp.scale), mp = _mm256_set1_pd(hp.min_log_prob);
+    const __m256d sq = _mm256_set1_pd(hq.scale), mq = _mm256_set1_pd(hq.min_log_prob);
+    const __m256d zero = _mm256_setzero_pd();
+    const __m128i z16 = _mm_setzero_si128();
+    qk_topk tq = {0};
+    base_sums bs = {zero, zero, zero};
+    __m256d q_mass = zero, p_on_q_tail = zero, p_tail_lq = zero;
+    double r0 = 0, r1 = 0, r2 = 0, r_on_tail = 0, r_qmass = 0, r_tail_lq = 0;
+    int64_t q_tail_n = 0, p_tail_n = 0, p_tail_on_q_tail = 0;
+    uint16_t best = 0;
+    int64_t top_p = 0;
+    const int64_t nv = n_vocab & ~(int64_t)7;
+    for (int64_t i = 0; i < nv; i += 8) {
+        const __m128i cp = qk_codes8(p_row, i), cq = qk_codes8(q_row, i);
+        argmax_codes8(cp, i, p_row, &best, &top_p);
+        topk_codes8(cq, i, q_row, &tq);
+        const __m128i qz = _mm_cmpeq_epi16(cq, z16);
+        q_tail_n += popcount16(qz);
+        __m256d lql = zero, lqh = zero;
+        const __m128i qnz = _mm_xor_si128(qz, _mm_set1_epi32(-1));
+        const int any_q = !_mm_testz_si128(qnz, qnz);
+        if (any_q) {
+            lql = _mm256_and_pd(_mm256_fmadd_pd(sq, qk_codes_lo_pd(cq), mq), mask_lo(qnz));
+            lqh = _mm256_and_pd(_mm256_fmadd_pd(sq, qk_codes_hi_pd(cq), mq), mask_hi(qnz));
+            q_mass = _mm256_add_pd(q_mass, _mm256_add_pd(_mm256_and_pd(qk_exp_pd(lql), mask_lo(qnz)),
+                                                         _mm256_and_pd(qk_exp_pd(lqh), mask_hi(qnz))));
+        }
+        if (exact) {
+            const __m128i pz = _mm_cmpeq_epi16(cp, z16);
+            if (!_mm_testz_si128(pz, pz)) {
+                p_tail_n += popcount16(pz);
+                p_tail_on_q_tail += popcount16(_mm_and_si128(pz, qz));
+                p_tail_lq = _mm256_add_pd(p_tail_lq, _mm256_add_pd(_mm256_and_pd(lql, mask_lo(pz)),
+                                                                   _mm256_and_pd(lqh, mask_hi(pz))));
+            }
+        }
+        const __m128i k = codes_at_least(cp, keep_from);
+        if (_mm_testz_si128(k, k))
+            continue;
+        const __m256d kl = mask_lo(k), kh = mask_hi(k);
+        const __m256d lpl = _mm256_fmadd_pd(sp, qk_codes_lo_pd(cp), mp);
+        const __m256d lph = _mm256_fmadd_pd(sp, qk_codes_hi_pd(cp), mp);
+        const __m256d pl = _mm256_and_pd(qk_exp_pd(lpl), kl), ph = _mm256_and_pd(qk_exp_pd(lph), kh);
+        bs.s0 = _mm256_add_pd(bs.s0, _mm256_add_pd(pl, ph));
+        bs.s1 = _mm256_fmadd_pd(pl, lpl, _mm256_fmadd_pd(ph, lph, bs.s1));
+        bs.s2 = _mm256_fmadd_pd(pl, lql, _mm256_fmadd_pd(ph, lqh, bs.s2));
+        p_on_q_tail = _mm256_add_pd(p_on_q_tail, _mm256_add_pd(_mm256_and_pd(pl, mask_lo(qz)),
+                                                               _mm256_and_pd(ph, mask_hi(qz))));
+    }
+    for (int64_t i = nv; i < n_vocab; i++) {
+        const uint16_t cp = qk_code(p_row, i), cq = qk_code(q_row, i);
+        if (cp > best) {
+            best = cp;
+            top_p = i;
+        }
+        qk_topk_push(&tq, cq, i);
+        double lq = 0;
+        if (cq) {
+            lq = hq.scale * cq + hq.min_log_prob;
+            r_qmass += exp(lq);
+        } else {
+            q_tail_n += 1;
+        }
+        if (exact && cp == 0) {
+            p_tail_n += 1;
+            if (cq)
+                r_tail_lq += lq;
+            else
+                p_tail_on_q_tail += 1;
+            continue;
+        }
+        if (cp < keep_from)
+            continue;
+        const double lp = hp.scale * cp + hp.min_log_prob, p = exp(lp);
+        r0 += p;
+        r1 += p * lp;
+        if (cq)
+            r2 += p * lq;
+        else
+            r_on_tail += p;
+    }
+    const double s0 = qk_hsum_pd(bs.s0) + r0, s1 = qk_hsum_pd(bs.s1) + r1,
+                 s2 = qk_hsum_pd(bs.s2) + r2;
+    const double qm = qk_hsum_pd(q_mass) + r_qmass;
+    const double c_q = q_tail_n > 0 ? qk_tail_log_prob(1.0 - qm, (double)q_tail_n, hq.min_log_prob) : 0;
+    double kld = s1 - s2 - c_q * (qk_hsum_pd(p_on_q_tail) + r_on_tail);
+    double c_p = 0;
+    if (p_tail_n > 0) {
+        c_p = qk_tail_log_prob(1.0 - s0, (double)p_tail_n, hp.min_log_prob);
+        kld += exp(c_p) * (p_tail_n * c_p - (qk_hsum_pd(p_tail_lq) + r_tail_lq) -
+                           p_tail_on_q_tail * c_q);
+    }
+    const uint16_t cp_tok = qk_code(p_row, tok), cq_tok = qk_code(q_row, tok);
+    out->kld = kld;
+    if (exact) {
+        out->nll_q = cq_tok ? -(hq.scale * cq_tok + hq.min_log_prob) : -c_q;
+        out->nll_p = cp_tok ? -(hp.scale * cp_tok + hp.min_log_prob) : -c_p;
+    } else {
+        out->nll_q = cq_tok ? qk_nll_base_llama(hq.scale, cq_tok, hq.min_log_prob) : -c_q;
+        out->nll_p = qk_nll_base_llama(hp.scale, cp_tok, hp.min_log_prob);
+    }
+    out->top_p = (int32_t)top_p;
+    out->top_q = (int32_t)tq.idx[0];
+    out->rank = qk_topk_rank(&tq, top_p);
+}
+
 #endif
