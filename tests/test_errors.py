@@ -135,3 +135,20 @@ def test_adding_results_of_different_modes():
     x, y, t = good()
     with pytest.raises(ValueError, match="cannot add"):
         quantkl.score(x, y, t) + quantkl.score(x, y, t, mode="exact")
+
+
+def test_quantkl_kernel_environment_variable():
+    import os
+    import subprocess
+    import sys
+    code = "import quantkl; print(quantkl.current_kernel())"
+    def run(value):
+        return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                              env={**os.environ, "QUANTKL_KERNEL": value})
+    p = run("scalar")
+    assert p.returncode == 0 and p.stdout.strip() == "scalar"
+    p = run("auto")  # the best path this CPU supports: paths are listed best first
+    assert p.returncode == 0
+    assert p.stdout.strip() == next(n for n, ok in quantkl.kernel_paths() if ok)
+    p = run("sse9")
+    assert p.returncode != 0 and "unknown kernel path 'sse9'" in p.stderr
