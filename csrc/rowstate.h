@@ -5,6 +5,7 @@
 #include <math.h>
 
 #include "quantkl.h"
+#include "rowload.h"
 
 /* Online log-sum-exp: sum holds sum(exp(v - max)); when a larger value
  * arrives the sum is rescaled, so one read of a row gives its normaliser. */
@@ -112,6 +113,140 @@ static inline int32_t qk_side_status(int nonfinite, double max, int32_t nonfinit
     if (nonfinite)
         return nonfinite_bit;
     return max == -INFINITY ? empty_bit : 0;
+}
+
+/* Sums over a base llama row's entries against the other side's logits
+ * (gathered by any path, in any order). */
+typedef struct {
+    double s0, s1, s2;     /* kept base terms: sum p, p*log p, p*y */
+    double tail_n, tail_y; /* exact mode: base code-0 entries where y is finite; sum of y */
+} qk_llama_logits_sums;
+
+/* One entry: base code c, other logit y; keep_from from qk_llama_keep_from
+ * (llama mode) or 1 (exact mode, where code 0 is the tail). */
+static inline void qk_llama_logits_add(qk_llama_logits_sums *s, const qk_header *h, uint16_t c,
+                                       double y, int exact, int32_t keep_from)
+{
+    if (exact && c == 0) {
+        if (y > -INFINITY) {
+            s->tail_n += 1;
+            s->tail_y += y;
+        }
+        return;
+    }
+    if (c < keep_from)
+        return;
+    const double lp = h->scale * c + h->min_log_prob, p = exp(lp);
+    if (p > 0) {
+        s->s0 += p;
+        s->s1 += p * lp;
+        s->s2 += p * y;
+    }
+}
+
+/* KLD, NLLs and tops of a base llama row against logits, from the sums. */
+static inline void qk_llama_logits_finish(const qk_llama_logits_sums *s, const qk_header *h,
+                                          const uint16_t *p_row, const qk_lse *lq, double y_tok,
+                                          int32_t tok, int exact, int64_t top_p,
+                                          const qk_topk *tq, qk_row *out)
+{
+    const double lse_q = exact ? qk_lse_value(lq) : qk_lse_value_llama(lq);
+    double kld = s->s1 - s->s2 + lse_q * s->s0;
+    double c_tail = -INFINITY;
+    if (s->tail_n > 0) {
+        c_tail = qk_tail_log_prob(1.0 - s->s0, s->tail_n, h->min_log_prob);
+        kld += exp(c_tail) * (s->tail_n * (c_tail + lse_q) - s->tail_y);
+    }
+    const uint16_t c_tok = qk_code(p_row, tok);
+    out->kld = kld;
+    if (exact) {
+        out->nll_q = lse_q - y_tok;
+        out->nll_p = c_tok ? -(h->scale * c_tok + h->min_log_prob)
+                           : (y_tok > -INFINITY ? -c_tail : INFINITY);
+    } else {
+        out->nll_q = qk_nll_llama(lse_q, y_tok);
+        out->nll_p = qk_nll_base_llama(h->scale, c_tok, h->min_log_prob);
+    }
+    out->top_p = (int32_t)top_p;
+    out->top_q = (int32_t)tq->idx[0];
+    out->rank = qk_topk_rank(tq, top_p);
+}
+
+/* Sums over two llama rows (base P, other Q whose code 0 is its tail). */
+typedef struct {
+    double s0, s1, s2;       /* kept base terms: sum p, p*log p, p*log q (q decoded) */
+    double p_on_q_tail;      /* base mass where Q has code 0 */
+    double q_mass, q_tail_n; /* Q's decoded mass; its code-0 count */
+    double p_tail_n, p_tail_lq, p_tail_on_q_tail; /* exact: base code-0 entries */
+} qk_llama_llama_sums;
+
+/* Clears out and reads both headers; 0 (with out->status set) if either is corrupt. */
+static inline int qk_llama_llama_begin(const uint16_t *p_row, const uint16_t *q_row,
+                                       qk_header *hp, qk_header *hq, qk_row *out)
+{
+    memset(out, 0, sizeof *out);
+    if (!qk_read_header(p_row, hp))
+        out->status |= QK_P_BAD_HEADER;
+    if (!qk_read_header(q_row, hq))
+        out->status |= QK_Q_BAD_HEADER;
+    return out->status == 0;
+}
+
+static inline void qk_llama_llama_add(qk_llama_llama_sums *s, const qk_header *hp,
+                                      const qk_header *hq, uint16_t cp, uint16_t cq, int exact,
+                                      int32_t keep_from)
+{
+    double lq = 0;
+    if (cq) {
+        lq = hq->scale * cq + hq->min_log_prob;
+        s->q_mass += exp(lq);
+    } else {
+        s->q_tail_n += 1;
+    }
+    if (exact && cp == 0) {
+        s->p_tail_n += 1;
+        if (cq)
+            s->p_tail_lq += lq;
+        else
+            s->p_tail_on_q_tail += 1;
+        return;
+    }
+    if (cp < keep_from)
+        return;
+    const double lp = hp->scale * cp + hp->min_log_prob, p = exp(lp);
+    s->s0 += p;
+    s->s1 += p * lp;
+    if (cq)
+        s->s2 += p * lq;
+    else
+        s->p_on_q_tail += p;
+}
+
+static inline void qk_llama_llama_finish(const qk_llama_llama_sums *s, const qk_header *hp,
+                                         const qk_header *hq, const uint16_t *p_row,
+                                         const uint16_t *q_row, int32_t tok, int exact,
+                                         int64_t top_p, const qk_topk *tq, qk_row *out)
+{
+    const double c_q =
+        s->q_tail_n > 0 ? qk_tail_log_prob(1.0 - s->q_mass, s->q_tail_n, hq->min_log_prob) : 0;
+    double kld = s->s1 - s->s2 - c_q * s->p_on_q_tail;
+    double c_p = 0;
+    if (s->p_tail_n > 0) {
+        c_p = qk_tail_log_prob(1.0 - s->s0, s->p_tail_n, hp->min_log_prob);
+        kld += exp(c_p) * (s->p_tail_n * c_p - s->p_tail_lq - s->p_tail_on_q_tail * c_q);
+    }
+    const uint16_t cp_tok = qk_code(p_row, tok), cq_tok = qk_code(q_row, tok);
+    out->kld = kld;
+    if (exact) {
+        out->nll_q = cq_tok ? -(hq->scale * cq_tok + hq->min_log_prob) : -c_q;
+        out->nll_p = cp_tok ? -(hp->scale * cp_tok + hp->min_log_prob) : -c_p;
+    } else { /* the base's NLL as llama.cpp decodes it, whatever the other side is */
+        out->nll_q = cq_tok ? qk_nll_base_llama(hq->scale, cq_tok, hq->min_log_prob) : -c_q;
+        out->nll_p = qk_nll_base_llama(hp->scale, cp_tok, hp->min_log_prob);
+    }
+    out->top_p = (int32_t)top_p;
+    out->top_q = (int32_t)tq->idx[0];
+    out->rank = qk_topk_rank(tq, top_p);
 }
 
 #endif

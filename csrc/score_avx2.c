@@ -185,9 +185,8 @@ QK_AVX2 void qk_score_llama_logits_avx2(const uint16_t *p_row, const void *q, in
     lse_vec_init(&lq);
     qk_topk tq = {0};
     base_sums bs = {_mm256_setzero_pd(), _mm256_setzero_pd(), _mm256_setzero_pd()};
-    double r0 = 0, r1 = 0, r2 = 0;                          /* scalar tails */
+    qk_llama_logits_sums sums = {0}; /* scalar remainders, then the totals */
     __m256d tail_n = _mm256_setzero_pd(), tail_y = _mm256_setzero_pd();
-    double tail_n_s = 0, tail_y_s = 0;
     __m256 bad = _mm256_setzero_ps();
     uint16_t best = 0;
     int64_t top_p = 0;
@@ -231,12 +230,7 @@ QK_AVX2 void qk_score_llama_logits_avx2(const uint16_t *p_row, const void *q, in
             }
             if (q_live)
                 lse_vec_add1(&lq, y);
-            if (exact && c == 0 && y > -INFINITY) {
-                tail_n_s += 1;
-                tail_y_s += y;
-            }
-            if (c >= keep_from)
-                base_add1(&r0, &r1, &r2, h.scale * c + h.min_log_prob, y);
+            qk_llama_logits_add(&sums, &h, c, y, exact, keep_from);
         }
     }
     if (_mm256_movemask_ps(bad))
@@ -246,30 +240,13 @@ QK_AVX2 void qk_score_llama_logits_avx2(const uint16_t *p_row, const void *q, in
     if (out->status)
         return;
     const qk_lse l = lse_vec_done(&lq);
-    const double lse_q = exact ? qk_lse_value(&l) : qk_lse_value_llama(&l);
-    const double s0 = qk_hsum_pd(bs.s0) + r0, s1 = qk_hsum_pd(bs.s1) + r1,
-                 s2 = qk_hsum_pd(bs.s2) + r2;
-    double kld = s1 - s2 + lse_q * s0;
-    const double tn = qk_hsum_pd(tail_n) + tail_n_s, ty = qk_hsum_pd(tail_y) + tail_y_s;
-    double c_tail = -INFINITY;
-    if (tn > 0) {
-        c_tail = qk_tail_log_prob(1.0 - s0, tn, h.min_log_prob);
-        kld += exp(c_tail) * (tn * (c_tail + lse_q) - ty);
-    }
-    const double y_tok = qk_load(q, q_dtype, 1, tok);
-    const uint16_t c_tok = qk_code(p_row, tok);
-    out->kld = kld;
-    if (exact) {
-        out->nll_q = lse_q - y_tok;
-        out->nll_p = c_tok ? -(h.scale * c_tok + h.min_log_prob)
-                           : (y_tok > -INFINITY ? -c_tail : INFINITY);
-    } else {
-        out->nll_q = qk_nll_llama(lse_q, y_tok);
-        out->nll_p = qk_nll_base_llama(h.scale, c_tok, h.min_log_prob);
-    }
-    out->top_p = (int32_t)top_p;
-    out->top_q = (int32_t)tq.idx[0];
-    out->rank = qk_topk_rank(&tq, top_p);
+    sums.s0 += qk_hsum_pd(bs.s0);
+    sums.s1 += qk_hsum_pd(bs.s1);
+    sums.s2 += qk_hsum_pd(bs.s2);
+    sums.tail_n += qk_hsum_pd(tail_n);
+    sums.tail_y += qk_hsum_pd(tail_y);
+    qk_llama_logits_finish(&sums, &h, p_row, &l, qk_load(q, q_dtype, 1, tok), tok, exact, top_p,
+                           &tq, out);
 }
 
 /* Sweep A over base logits: tile max, NaN/+inf, first index of the max. */
@@ -497,13 +474,8 @@ QK_AVX2 void qk_score_llama_llama_avx2(const uint16_t *p_row, const uint16_t *q_
         qk_score_llama_llama_scalar(p_row, q_row, n_vocab, tok, mode, out);
         return;
     }
-    memset(out, 0, sizeof *out);
     qk_header hp, hq;
-    if (!qk_read_header(p_row, &hp))
-        out->status |= QK_P_BAD_HEADER;
-    if (!qk_read_header(q_row, &hq))
-        out->status |= QK_Q_BAD_HEADER;
-    if (out->status)
+    if (!qk_llama_llama_begin(p_row, q_row, &hp, &hq, out))
         return;
     const int exact = mode == QK_EXACT;
     const int32_t keep_from = exact ? 1 : qk_llama_keep_from(hp.scale, hp.min_log_prob);
@@ -514,8 +486,7 @@ QK_AVX2 void qk_score_llama_llama_avx2(const uint16_t *p_row, const uint16_t *q_
     qk_topk tq = {0};
     base_sums bs = {zero, zero, zero};
     __m256d q_mass = zero, p_on_q_tail = zero, p_tail_lq = zero;
-    double r0 = 0, r1 = 0, r2 = 0, r_on_tail = 0, r_qmass = 0, r_tail_lq = 0;
-    int64_t q_tail_n = 0, p_tail_n = 0, p_tail_on_q_tail = 0;
+    qk_llama_llama_sums sums = {0}; /* counts and scalar remainders, then the totals */
     uint16_t best = 0;
     int64_t top_p = 0;
     const int64_t nv = n_vocab & ~(int64_t)7;
@@ -524,7 +495,7 @@ QK_AVX2 void qk_score_llama_llama_avx2(const uint16_t *p_row, const uint16_t *q_
         argmax_codes8(cp, i, p_row, &best, &top_p);
         topk_codes8(cq, i, q_row, &tq);
         const __m128i qz = _mm_cmpeq_epi16(cq, z16);
-        q_tail_n += popcount16(qz);
+        sums.q_tail_n += popcount16(qz);
         __m256d lql = zero, lqh = zero;
         const __m128i qnz = _mm_xor_si128(qz, _mm_set1_epi32(-1));
         const int any_q = !_mm_testz_si128(qnz, qnz);
@@ -537,8 +508,8 @@ QK_AVX2 void qk_score_llama_llama_avx2(const uint16_t *p_row, const uint16_t *q_
         if (exact) {
             const __m128i pz = _mm_cmpeq_epi16(cp, z16);
             if (!_mm_testz_si128(pz, pz)) {
-                p_tail_n += popcount16(pz);
-                p_tail_on_q_tail += popcount16(_mm_and_si128(pz, qz));
+                sums.p_tail_n += popcount16(pz);
+                sums.p_tail_on_q_tail += popcount16(_mm_and_si128(pz, qz));
                 p_tail_lq = _mm256_add_pd(p_tail_lq, _mm256_add_pd(_mm256_and_pd(lql, mask_lo(pz)),
                                                                    _mm256_and_pd(lqh, mask_hi(pz))));
             }
@@ -563,54 +534,15 @@ QK_AVX2 void qk_score_llama_llama_avx2(const uint16_t *p_row, const uint16_t *q_
             top_p = i;
         }
         qk_topk_push(&tq, cq, i);
-        double lq = 0;
-        if (cq) {
-            lq = hq.scale * cq + hq.min_log_prob;
-            r_qmass += exp(lq);
-        } else {
-            q_tail_n += 1;
-        }
-        if (exact && cp == 0) {
-            p_tail_n += 1;
-            if (cq)
-                r_tail_lq += lq;
-            else
-                p_tail_on_q_tail += 1;
-            continue;
-        }
-        if (cp < keep_from)
-            continue;
-        const double lp = hp.scale * cp + hp.min_log_prob, p = exp(lp);
-        r0 += p;
-        r1 += p * lp;
-        if (cq)
-            r2 += p * lq;
-        else
-            r_on_tail += p;
+        qk_llama_llama_add(&sums, &hp, &hq, cp, cq, exact, keep_from);
     }
-    const double s0 = qk_hsum_pd(bs.s0) + r0, s1 = qk_hsum_pd(bs.s1) + r1,
-                 s2 = qk_hsum_pd(bs.s2) + r2;
-    const double qm = qk_hsum_pd(q_mass) + r_qmass;
-    const double c_q = q_tail_n > 0 ? qk_tail_log_prob(1.0 - qm, (double)q_tail_n, hq.min_log_prob) : 0;
-    double kld = s1 - s2 - c_q * (qk_hsum_pd(p_on_q_tail) + r_on_tail);
-    double c_p = 0;
-    if (p_tail_n > 0) {
-        c_p = qk_tail_log_prob(1.0 - s0, (double)p_tail_n, hp.min_log_prob);
-        kld += exp(c_p) * (p_tail_n * c_p - (qk_hsum_pd(p_tail_lq) + r_tail_lq) -
-                           p_tail_on_q_tail * c_q);
-    }
-    const uint16_t cp_tok = qk_code(p_row, tok), cq_tok = qk_code(q_row, tok);
-    out->kld = kld;
-    if (exact) {
-        out->nll_q = cq_tok ? -(hq.scale * cq_tok + hq.min_log_prob) : -c_q;
-        out->nll_p = cp_tok ? -(hp.scale * cp_tok + hp.min_log_prob) : -c_p;
-    } else {
-        out->nll_q = cq_tok ? qk_nll_base_llama(hq.scale, cq_tok, hq.min_log_prob) : -c_q;
-        out->nll_p = qk_nll_base_llama(hp.scale, cp_tok, hp.min_log_prob);
-    }
-    out->top_p = (int32_t)top_p;
-    out->top_q = (int32_t)tq.idx[0];
-    out->rank = qk_topk_rank(&tq, top_p);
+    sums.s0 += qk_hsum_pd(bs.s0);
+    sums.s1 += qk_hsum_pd(bs.s1);
+    sums.s2 += qk_hsum_pd(bs.s2);
+    sums.q_mass += qk_hsum_pd(q_mass);
+    sums.p_on_q_tail += qk_hsum_pd(p_on_q_tail);
+    sums.p_tail_lq += qk_hsum_pd(p_tail_lq);
+    qk_llama_llama_finish(&sums, &hp, &hq, p_row, q_row, tok, exact, top_p, &tq, out);
 }
 
 #endif

@@ -18,10 +18,10 @@ void qk_score_llama_logits_scalar(const uint16_t *p_row, const void *q, int q_dt
         return;
     }
     const int exact = mode == QK_EXACT;
+    const int32_t keep_from = exact ? 1 : qk_llama_keep_from(h.scale, h.min_log_prob);
     qk_lse lq = QK_LSE_INIT;
     qk_topk tq = {0};
-    double s0 = 0, s1 = 0, s2 = 0;    /* base terms kept: sum p, p*log p, p*y */
-    double tail_n = 0, tail_y = 0;    /* exact mode: base code-0 entries, sum of their y */
+    qk_llama_logits_sums sums = {0};
     int bad = 0;
     uint16_t best = 0;
     int64_t top_p = 0;
@@ -35,50 +35,13 @@ void qk_score_llama_logits_scalar(const uint16_t *p_row, const void *q, int q_dt
             best = c;
             top_p = i;
         }
-        if (exact && c == 0) {
-            if (y > -INFINITY) {
-                tail_n += 1;
-                tail_y += y;
-            }
-            continue;
-        }
-        const double lp = h.scale * c + h.min_log_prob;
-        if (!exact && !(lp > -16.0))
-            continue;
-        const double p = exp(lp);
-        if (p > 0) {
-            s0 += p;
-            s1 += p * lp;
-            s2 += p * y;
-        }
+        qk_llama_logits_add(&sums, &h, c, y, exact, keep_from);
     }
-    if (bad)
-        out->status |= QK_Q_NONFINITE;
-    if (lq.max == -INFINITY)
-        out->status |= QK_Q_EMPTY;
+    out->status = qk_side_status(bad, lq.max, QK_Q_NONFINITE, QK_Q_EMPTY);
     if (out->status)
         return;
-    const double lse_q = exact ? qk_lse_value(&lq) : qk_lse_value_llama(&lq);
-    double kld = s1 - s2 + lse_q * s0;
-    double c_tail = -INFINITY;
-    if (tail_n > 0) {
-        c_tail = qk_tail_log_prob(1.0 - s0, tail_n, h.min_log_prob);
-        kld += exp(c_tail) * (tail_n * (c_tail + lse_q) - tail_y);
-    }
-    const double y_tok = qk_load(q, q_dtype, q_stride, tok);
-    const uint16_t c_tok = qk_code(p_row, tok);
-    out->kld = kld;
-    if (exact) {
-        out->nll_q = lse_q - y_tok;
-        out->nll_p = c_tok ? -(h.scale * c_tok + h.min_log_prob)
-                           : (y_tok > -INFINITY ? -c_tail : INFINITY);
-    } else {
-        out->nll_q = qk_nll_llama(lse_q, y_tok);
-        out->nll_p = qk_nll_base_llama(h.scale, c_tok, h.min_log_prob);
-    }
-    out->top_p = (int32_t)top_p;
-    out->top_q = (int32_t)tq.idx[0];
-    out->rank = qk_topk_rank(&tq, top_p);
+    qk_llama_logits_finish(&sums, &h, p_row, &lq, qk_load(q, q_dtype, q_stride, tok), tok, exact,
+                           top_p, &tq, out);
 }
 
 /* llama mode needs P's normaliser before it can apply the -16 cut, so it
@@ -173,20 +136,13 @@ fail:
 void qk_score_llama_llama_scalar(const uint16_t *p_row, const uint16_t *q_row, int64_t n_vocab,
                                  int32_t tok, int mode, qk_row *out)
 {
-    memset(out, 0, sizeof *out);
     qk_header hp, hq;
-    if (!qk_read_header(p_row, &hp))
-        out->status |= QK_P_BAD_HEADER;
-    if (!qk_read_header(q_row, &hq))
-        out->status |= QK_Q_BAD_HEADER;
-    if (out->status)
+    if (!qk_llama_llama_begin(p_row, q_row, &hp, &hq, out))
         return;
     const int exact = mode == QK_EXACT;
+    const int32_t keep_from = exact ? 1 : qk_llama_keep_from(hp.scale, hp.min_log_prob);
     qk_topk tq = {0};
-    double s0 = 0, s1 = 0, s2 = 0; /* base terms kept: sum p, p*log p, p*log q (q decoded) */
-    double p_on_q_tail = 0;        /* base mass where Q has code 0 */
-    double q_mass = 0, q_tail_n = 0;
-    double p_tail_n = 0, p_tail_lq = 0, p_tail_on_q_tail = 0; /* exact: base code-0 entries */
+    qk_llama_llama_sums sums = {0};
     uint16_t best = 0;
     int64_t top_p = 0;
     for (int64_t i = 0; i < n_vocab; i++) {
@@ -196,49 +152,7 @@ void qk_score_llama_llama_scalar(const uint16_t *p_row, const uint16_t *q_row, i
             top_p = i;
         }
         qk_topk_push(&tq, cq, i);
-        double lq = 0;
-        if (cq) {
-            lq = hq.scale * cq + hq.min_log_prob;
-            q_mass += exp(lq);
-        } else {
-            q_tail_n += 1;
-        }
-        if (exact && cp == 0) {
-            p_tail_n += 1;
-            if (cq)
-                p_tail_lq += lq;
-            else
-                p_tail_on_q_tail += 1;
-            continue;
-        }
-        const double lp = hp.scale * cp + hp.min_log_prob;
-        if (!exact && !(lp > -16.0))
-            continue;
-        const double p = exp(lp);
-        s0 += p;
-        s1 += p * lp;
-        if (cq)
-            s2 += p * lq;
-        else
-            p_on_q_tail += p;
+        qk_llama_llama_add(&sums, &hp, &hq, cp, cq, exact, keep_from);
     }
-    const double c_q = q_tail_n > 0 ? qk_tail_log_prob(1.0 - q_mass, q_tail_n, hq.min_log_prob) : 0;
-    double kld = s1 - s2 - c_q * p_on_q_tail;
-    double c_p = 0;
-    if (p_tail_n > 0) {
-        c_p = qk_tail_log_prob(1.0 - s0, p_tail_n, hp.min_log_prob);
-        kld += exp(c_p) * (p_tail_n * c_p - p_tail_lq - p_tail_on_q_tail * c_q);
-    }
-    const uint16_t cp_tok = qk_code(p_row, tok), cq_tok = qk_code(q_row, tok);
-    out->kld = kld;
-    if (exact) {
-        out->nll_q = cq_tok ? -(hq.scale * cq_tok + hq.min_log_prob) : -c_q;
-        out->nll_p = cp_tok ? -(hp.scale * cp_tok + hp.min_log_prob) : -c_p;
-    } else { /* the base's NLL as llama.cpp decodes it, whatever the other side is */
-        out->nll_q = cq_tok ? qk_nll_base_llama(hq.scale, cq_tok, hq.min_log_prob) : -c_q;
-        out->nll_p = qk_nll_base_llama(hp.scale, cp_tok, hp.min_log_prob);
-    }
-    out->top_p = (int32_t)top_p;
-    out->top_q = (int32_t)tq.idx[0];
-    out->rank = qk_topk_rank(&tq, top_p);
+    qk_llama_llama_finish(&sums, &hp, &hq, p_row, q_row, tok, exact, top_p, &tq, out);
 }
