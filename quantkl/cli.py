@@ -177,6 +177,25 @@ def cmd_bench(args) -> int:
     return EXIT_OK
 
 
+def cmd_report(args) -> int:
+    from .reports import comparison_table, load_records
+    text = comparison_table(load_records(args.records)).render(args.format, args.rows)
+    if args.output:
+        with open(args.output, "w") as f:
+            f.write(text)
+        say(args, f"wrote {args.output}")
+    else:
+        print(text, end="")
+    return EXIT_OK
+
+
+def cmd_diff(args) -> int:
+    from .reports import load_records, paired_diff
+    a, b = load_records([args.a, args.b])
+    print(paired_diff(a, b).format(), end="")
+    return EXIT_OK
+
+
 def mode_of(args) -> str:
     return "exact" if args.exact else "llama"
 
@@ -254,6 +273,24 @@ def build_parser() -> argparse.ArgumentParser:
                                      "u16xf32,f32xf32,f16xf16,bf16xbf16,u16xu16,encode")
     b.add_argument("--json", action="store_true", help="print one JSON object")
     b.set_defaults(func=cmd_bench)
+
+    r = sub.add_parser("report", parents=[common], help="compare quants from JSON records",
+                       description="One column per quant (sorted by mean KLD): size, bits per "
+                                   "weight, PPL, KLD and Δp distributions, RMS Δp, same top, "
+                                   "and per-GB figures.")
+    r.add_argument("records", nargs="+", metavar="RECORD.json")
+    r.add_argument("--format", choices=("markdown", "csv", "json"), default="markdown")
+    r.add_argument("--rows", action="store_true", help="one row per quant instead of a column")
+    r.add_argument("-o", "--output", metavar="FILE")
+    r.set_defaults(func=cmd_report)
+
+    df = sub.add_parser("diff", parents=[common], help="paired test of two quants",
+                        description="Mean per-token KLD difference A - B over the same tokens, "
+                                    "its paired standard error, and which quant is closer to "
+                                    "the base at 95 %%.")
+    df.add_argument("a", metavar="A.json")
+    df.add_argument("b", metavar="B.json")
+    df.set_defaults(func=cmd_diff)
     return p
 
 

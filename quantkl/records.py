@@ -70,6 +70,8 @@ def read_record(path: str) -> Dict[str, Any]:
         raise ValueError(f"{path}: cannot read record: {e.strerror}") from None
     except json.JSONDecodeError as e:
         raise ValueError(f"{path}: not a quantkl JSON record ({e.msg} at line {e.lineno})") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}: not a quantkl JSON record (binary data)") from None
     if not isinstance(record, dict) or "statistics" not in record or "record_version" not in record:
         raise ValueError(f"{path}: not a quantkl JSON record")
     return record

@@ -1,0 +1,228 @@
+"""Reports across quants from JSON records: the comparison table and paired tests.
+
+The table follows the community's quant comparisons (shared seed 001): size,
+PPL, the KLD and Δp distributions, RMS Δp and same-top, then per-GB figures,
+one column per quant, sorted by mean KLD. Records must come from the same base
+and the same tokens; anything else is refused rather than mixed.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from .records import load_result, read_record
+from .stats import KLDResult
+
+
+@dataclass
+class QuantRecord:
+    """One scored quant: its record, name and size."""
+    path: str
+    record: Dict[str, Any]
+    name: str
+    size_bytes: Optional[int]
+    bits_per_weight: Optional[float]
+    _result: Optional[KLDResult] = field(default=None, repr=False)
+
+    @property
+    def stats(self) -> Dict[str, Any]:
+        return self.record["statistics"]
+
+    @property
+    def size_gb(self) -> Optional[float]:
+        return None if self.size_bytes is None else self.size_bytes / 1e9
+
+    def result(self) -> KLDResult:
+        """The per-token arrays behind the record (from its .npz sidecar)."""
+        if self._result is None:
+            self._result = load_result(self.path, self.record)
+        return self._result
+
+
+def load_records(paths: Sequence[str]) -> List[QuantRecord]:
+    """Read records and check they were scored against one base on the same tokens."""
+    if not paths:
+        raise ValueError("no records given")
+    out = []
+    for p in paths:
+        rec = read_record(p)
+        model = rec.get("model") or {}
+        other = rec.get("other") or {}
+        name = model.get("file") or other.get("file") or os.path.basename(p)
+        out.append(QuantRecord(p, rec, os.path.splitext(name)[0], model.get("size_bytes"),
+                               model.get("bits_per_weight")))
+    check_comparable(out)
+    return out
+
+
+def check_comparable(records: Sequence[QuantRecord]) -> None:
+    """Refuse records of different bases, tokens or modes."""
+    first = records[0]
+    for r in records[1:]:
+        for key, what in (("tokens_sha256", "tokens"), ("mode", "mode")):
+            if r.record.get(key) != first.record.get(key):
+                raise ValueError(f"{r.path} and {first.path} were scored on different {what}; "
+                                 f"records must share base, tokens and mode to be compared")
+        b1, b2 = first.record.get("base", {}), r.record.get("base", {})
+        if (b1.get("file"), b1.get("size_bytes")) != (b2.get("file"), b2.get("size_bytes")):
+            raise ValueError(f"{r.path} was scored against base {b2.get('file')}, {first.path} "
+                             f"against {b1.get('file')}: not comparable")
+
+
+def _fmt(v: Optional[float], digits: int, pct: bool = False) -> str:
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "-"
+    return f"{100 * v:.{digits}f}%" if pct else f"{v:.{digits}f}"
+
+
+def _logit(p: float) -> float:
+    return math.log(p / (1 - p)) if 0 < p < 1 else float("nan")
+
+
+def _per_gb(value: Optional[float], r: QuantRecord) -> Optional[float]:
+    if value is None or not r.size_gb or not math.isfinite(value):
+        return None
+    return value / r.size_gb
+
+
+# (label, function of a record giving a number, digits, percent?)
+MEASUREMENTS: List[Tuple[str, Any, int, bool]] = [
+    ("Size (GB)", lambda r: r.size_gb, 3, False),
+    ("Bits per weight", lambda r: r.bits_per_weight, 2, False),
+    ("Mean PPL", lambda r: r.stats["ppl"], 4, False),
+    ("Mean PPL(Q)/PPL(base)", lambda r: r.stats["ppl_ratio"], 4, False),
+    ("KLD mean", lambda r: r.stats["kld_mean"], 6, False),
+    ("KLD mean uncertainty", lambda r: r.stats["kld_mean_unc"], 6, False),
+    ("KLD max", lambda r: r.stats["kld_max"], 4, False),
+    ("KLD 99.9%", lambda r: r.stats["kld_p99_9"], 4, False),
+    ("KLD 99%", lambda r: r.stats["kld_p99"], 4, False),
+    ("KLD median", lambda r: r.stats["kld_median"], 6, False),
+    ("KLD 10%", lambda r: r.stats["kld_p10"], 6, False),
+    ("KLD 5%", lambda r: r.stats["kld_p5"], 6, False),
+    ("KLD 1%", lambda r: r.stats["kld_p1"], 6, False),
+    ("Δp mean", lambda r: r.stats["dp_mean"], 2, True),
+    ("Δp max", lambda r: r.stats["dp_max"], 2, True),
+    ("Δp 99.9%", lambda r: r.stats["dp_p99_9"], 2, True),
+    ("Δp 99%", lambda r: r.stats["dp_p99"], 2, True),
+    ("Δp 95%", lambda r: r.stats["dp_p95"], 2, True),
+    ("Δp 90%", lambda r: r.stats["dp_p90"], 2, True),
+    ("Δp 75%", lambda r: r.stats["dp_p75"], 2, True),
+    ("Δp median", lambda r: r.stats["dp_median"], 2, True),
+    ("Δp 25%", lambda r: r.stats["dp_p25"], 2, True),
+    ("Δp 10%", lambda r: r.stats["dp_p10"], 2, True),
+    ("Δp 5%", lambda r: r.stats["dp_p5"], 2, True),
+    ("Δp 1%", lambda r: r.stats["dp_p1"], 2, True),
+    ("Δp 0.1%", lambda r: r.stats["dp_p0_1"], 2, True),
+    ("Δp min", lambda r: r.stats["dp_min"], 2, True),
+    ("RMS Δp", lambda r: r.stats["dp_rms"], 2, True),
+    ("Same top", lambda r: r.stats["same_top"], 2, True),
+    ("1/PPL per GB", lambda r: _per_gb(1 / r.stats["ppl"], r), 4, False),
+    ("1/KLD per GB", lambda r: _per_gb(1 / r.stats["kld_mean"] if r.stats["kld_mean"] > 0
+                                       else None, r), 3, False),
+    ("Same top per GB", lambda r: _per_gb(r.stats["same_top"], r), 4, False),
+    ("logit(Same top) per GB", lambda r: _per_gb(_logit(r.stats["same_top"]), r), 4, False),
+]
+
+
+@dataclass
+class ComparisonTable:
+    """Quants (sorted by mean KLD) against the measurements of MEASUREMENTS."""
+    quants: List[str]
+    measurements: List[str]
+    values: List[List[Optional[float]]]  # [measurement][quant]
+    text: List[List[str]]                # the same, formatted
+
+    def to_dict(self) -> Dict[str, Dict[str, Optional[float]]]:
+        return {q: {m: self.values[i][j] for i, m in enumerate(self.measurements)}
+                for j, q in enumerate(self.quants)}
+
+    def to_pandas(self):
+        """A DataFrame (measurements x quants); needs pandas."""
+        import pandas as pd
+        return pd.DataFrame(self.values, index=self.measurements, columns=self.quants)
+
+    def render(self, fmt: str = "markdown", by_rows: bool = False) -> str:
+        header = ["Measurement"] + self.quants
+        body = [[m] + row for m, row in zip(self.measurements, self.text)]
+        if by_rows:
+            header = ["Quant"] + self.measurements
+            body = [[q] + [row[j] for row in self.text] for j, q in enumerate(self.quants)]
+        if fmt == "markdown":
+            lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+            lines += ["| " + " | ".join(r) + " |" for r in body]
+            return "\n".join(lines) + "\n"
+        if fmt == "csv":
+            buf = io.StringIO()
+            w = csv.writer(buf)
+            w.writerow(header)
+            w.writerows(body)
+            return buf.getvalue()
+        if fmt == "json":
+            return json.dumps(self.to_dict(), indent=2) + "\n"
+        raise ValueError(f"unknown format {fmt!r}: markdown, csv or json")
+
+
+def comparison_table(records: Sequence[QuantRecord]) -> ComparisonTable:
+    recs = sorted(records, key=lambda r: r.stats["kld_mean"])
+    values, text = [], []
+    for label, get, digits, pct in MEASUREMENTS:
+        row = []
+        for r in recs:
+            try:
+                v = get(r)
+            except (KeyError, ZeroDivisionError, TypeError):
+                v = None
+            row.append(None if v is None else float(v))
+        values.append(row)
+        text.append([_fmt(v, digits, pct) for v in row])
+    return ComparisonTable([r.name for r in recs], [m[0] for m in MEASUREMENTS], values, text)
+
+
+@dataclass
+class PairedDiff:
+    """Mean per-token KLD of A minus B over the same tokens, with its paired s.e. (nats)."""
+    name_a: str
+    name_b: str
+    count: int
+    mean_a: float
+    mean_b: float
+    mean_diff: float
+    se: float
+
+    @property
+    def z(self) -> float:
+        return self.mean_diff / self.se if self.se > 0 else (0.0 if self.mean_diff == 0
+                                                             else math.copysign(math.inf,
+                                                                                self.mean_diff))
+
+    @property
+    def verdict(self) -> str:
+        if abs(self.z) <= 1.959964:
+            return "not distinguishable at 95 %"
+        return f"{self.name_a} better" if self.mean_diff < 0 else f"{self.name_b} better"
+
+    def format(self) -> str:
+        return (f"A = {self.name_a}: mean KLD {self.mean_a:.6f}\n"
+                f"B = {self.name_b}: mean KLD {self.mean_b:.6f}\n"
+                f"A - B over {self.count} paired tokens: {self.mean_diff:+.6f} ± {self.se:.6f} "
+                f"nats (z = {self.z:+.2f})\n"
+                f"verdict: {self.verdict}\n")
+
+
+def paired_diff(a: QuantRecord, b: QuantRecord) -> PairedDiff:
+    """Paired comparison of two quants scored against the same base on the same tokens."""
+    check_comparable([a, b])
+    ka, kb = a.result().kld, b.result().kld
+    if len(ka) != len(kb):
+        raise ValueError(f"{a.path} has {len(ka)} tokens, {b.path} has {len(kb)}")
+    d = ka - kb
+    n = len(d)
+    se = float(np.std(d, ddof=1) / math.sqrt(n)) if n > 1 else float("nan")
+    return PairedDiff(a.name, b.name, n, float(ka.mean()), float(kb.mean()), float(d.mean()), se)
