@@ -196,6 +196,15 @@ def cmd_diff(args) -> int:
     return EXIT_OK
 
 
+def cmd_plot(args) -> int:
+    from .plots import plot_records
+    from .reports import load_records
+    plot_records(load_records(args.records), args.output, kind=args.kind, x=args.x, y=args.y,
+                 width=args.width, height=args.height)
+    say(args, f"wrote {args.output}")
+    return EXIT_OK
+
+
 def mode_of(args) -> str:
     return "exact" if args.exact else "llama"
 
@@ -291,6 +300,18 @@ def build_parser() -> argparse.ArgumentParser:
     df.add_argument("a", metavar="A.json")
     df.add_argument("b", metavar="B.json")
     df.set_defaults(func=cmd_diff)
+
+    pl = sub.add_parser("plot", parents=[common], help="plot quants from JSON records",
+                        description="scatter: error against size or bits per weight (log y, "
+                                    "error bars); cdf: each quant's per-token KLD distribution.")
+    pl.add_argument("records", nargs="+", metavar="RECORD.json")
+    pl.add_argument("-o", "--output", required=True, metavar="FILE.png|FILE.svg")
+    pl.add_argument("--kind", choices=("scatter", "cdf"), default="scatter")
+    pl.add_argument("--x", choices=("size", "bpw"), default="size")
+    pl.add_argument("--y", choices=("kld", "ppl-ratio", "same-top"), default="kld")
+    pl.add_argument("--width", type=positive_int, default=900, help="pixels (default 900)")
+    pl.add_argument("--height", type=positive_int, default=600, help="pixels (default 600)")
+    pl.set_defaults(func=cmd_plot)
     return p
 
 

@@ -92,3 +92,40 @@ def test_cli_report_and_diff(records, capsys):
     (d / "q4.npz").unlink()
     assert main(["diff", str(d / "q4.json"), str(d / "q8.json")]) == 1
     assert "per-token file" in capsys.readouterr().err
+
+
+def png_size(path):
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", "not a PNG"
+    import struct
+    return struct.unpack(">II", data[16:24])
+
+
+@pytest.mark.parametrize("argv, size", [
+    (["--x", "size", "--y", "kld"], (900, 600)),
+    (["--x", "bpw", "--y", "same-top", "--width", "640", "--height", "480"], (640, 480)),
+    (["--kind", "cdf", "--width", "700", "--height", "400"], (700, 400)),
+])
+def test_plot_png(records, argv, size):
+    import matplotlib.image
+    d, _, _ = records
+    out = d / "p.png"
+    assert main(["plot", str(d / "q4.json"), str(d / "q8.json"), "-o", str(out), "-q"] + argv) == 0
+    assert png_size(out) == size
+    img = matplotlib.image.imread(out)
+    assert len(np.unique(img.reshape(-1, img.shape[-1]), axis=0)) > 10  # drawn, not blank
+
+
+def test_plot_svg_and_bad_requests(records, capsys):
+    d, _, _ = records
+    assert main(["plot", str(d / "q4.json"), "-o", str(d / "p.svg"), "-q"]) == 0
+    assert "<svg" in (d / "p.svg").read_text()
+    assert main(["plot", str(d / "q4.json"), "-o", str(d / "p.jpg")]) == 1
+    assert "must end in .png or .svg" in capsys.readouterr().err
+    rec = json.loads((d / "q4.json").read_text())
+    rec["model"] = None
+    (d / "cmp.json").write_text(json.dumps(rec))
+    (d / "cmp.npz").write_bytes((d / "q4.npz").read_bytes())
+    assert main(["plot", str(d / "cmp.json"), "-o", str(d / "x.png")]) == 1
+    assert "has no size (gb)" in capsys.readouterr().err
+    assert not (d / "x.png").exists()

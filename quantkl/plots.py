@@ -1,0 +1,91 @@
+"""Plots across quants from JSON records (matplotlib, the optional extra quantkl[plot]).
+
+"scatter": a quant's error (mean KLD, PPL ratio - 1, or 1 - same top) against
+its size or bits per weight, log-scale y with error bars and labelled points,
+as in quantization-error-against-bpw charts (seed 003). "cdf": each quant's
+per-token KLD distribution, which shows the damaged tail an average hides
+(seed 002).
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from .reports import QuantRecord
+
+Y_AXES = {
+    "kld": ("Mean KLD (nats)", lambda s: (s["kld_mean"], s["kld_mean_unc"])),
+    "ppl-ratio": ("PPL(Q)/PPL(base) - 1", lambda s: (s["ppl_ratio"] - 1, s["ppl_ratio_unc"])),
+    "same-top": ("1 - same top", lambda s: (1 - s["same_top"], s["same_top_unc"])),
+}
+X_AXES = {"size": "Size (GB)", "bpw": "Bits per weight"}
+
+
+def _pyplot():
+    try:
+        import matplotlib
+    except ImportError:
+        raise ValueError("plots need matplotlib: pip install 'quantkl[plot]'") from None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def plot_records(records: Sequence[QuantRecord], out: str, *, kind: str = "scatter",
+                 x: str = "size", y: str = "kld", width: int = 900, height: int = 600) -> str:
+    """Draw records to ``out`` (.png or .svg) at width x height pixels; returns out."""
+    if not out.lower().endswith((".png", ".svg")):
+        raise ValueError(f"{out}: the plot file must end in .png or .svg")
+    if kind not in ("scatter", "cdf"):
+        raise ValueError(f"unknown plot kind {kind!r}: scatter or cdf")
+    plt = _pyplot()
+    dpi = 100
+    fig, ax = plt.subplots(figsize=(width / dpi, height / dpi), dpi=dpi)
+    try:
+        if kind == "scatter":
+            _scatter(ax, records, x, y)
+        else:
+            _cdf(ax, records)
+        fig.tight_layout()
+        fig.savefig(out, dpi=dpi)
+    finally:
+        plt.close(fig)
+    return out
+
+
+def _scatter(ax, records, x, y):
+    if x not in X_AXES:
+        raise ValueError(f"unknown x axis {x!r}: {', '.join(X_AXES)}")
+    if y not in Y_AXES:
+        raise ValueError(f"unknown y axis {y!r}: {', '.join(Y_AXES)}")
+    ylabel, get = Y_AXES[y]
+    pts = []
+    for r in records:
+        xv = r.size_gb if x == "size" else r.bits_per_weight
+        if xv is None:
+            raise ValueError(f"{r.path} has no {X_AXES[x].lower()} (a compare record has no "
+                             f"model): use records from quantkl score")
+        v, dv = get(r.stats)
+        pts.append((xv, v, dv, r.name))
+    xs, ys, dys, names = zip(*pts)
+    ax.errorbar(xs, ys, yerr=dys, fmt="o", capsize=3)
+    for xv, yv, name in zip(xs, ys, names):
+        ax.annotate(name, (xv, yv), textcoords="offset points", xytext=(5, 5), fontsize=8)
+    if all(v > 0 for v in ys):
+        ax.set_yscale("log")
+    ax.set_xlabel(X_AXES[x])
+    ax.set_ylabel(ylabel)
+    ax.grid(True, which="both", alpha=0.3)
+
+
+def _cdf(ax, records):
+    for r in records:
+        k = np.sort(r.result().kld)
+        k = k[k > 0]
+        ax.plot(k, np.arange(1, len(k) + 1) / len(k), label=r.name)
+    ax.set_xscale("log")
+    ax.set_xlabel("per-token KLD (nats)")
+    ax.set_ylabel("fraction of tokens")
+    ax.legend()
+    ax.grid(True, which="both", alpha=0.3)
