@@ -1,8 +1,9 @@
 /* AVX2 float32 logits -> llama.cpp uint16 row. Two reads of the row: max and
  * min, then exps and codes together. The codes use llama.cpp's float32
  * arithmetic lane for lane (cvtps rounds half to even, as lrintf), so they are
- * the scalar encoder's bit for bit; only the header's log-sum-exp may differ
- * from glibc's expf by rounding. Falls back to scalar for strided rows. */
+ * the scalar encoder's bit for bit; each expf term is a float64 exp rounded to
+ * float32 (correctly rounded, as glibc's expf is in all but rare cases), so the
+ * header's log-sum-exp matches too. Falls back to scalar for strided rows. */
 #include "avx2_math.h"
 
 #ifdef QK_HAVE_X86
@@ -47,9 +48,11 @@ QK_AVX2 int qk_encode_llama_row_avx2(const float *x, ptrdiff_t stride, int64_t n
     uint16_t *codes = row + 4;
     for (int64_t i = 0; i < nv; i += 8) {
         const __m256 v = _mm256_loadu_ps(x + i);
-        const __m256 e = qk_exp_ps(_mm256_sub_ps(v, vM));
-        s0 = _mm256_add_pd(s0, qk_lo_pd(e));
-        s1 = _mm256_add_pd(s1, qk_hi_pd(e));
+        /* expf(v - M) as glibc gives it: float difference, then a float64 exp
+         * (1e-13) rounded to float32, i.e. the correctly rounded expf */
+        const __m256 d = _mm256_sub_ps(v, vM);
+        s0 = _mm256_add_pd(s0, _mm256_cvtps_pd(_mm256_cvtpd_ps(qk_exp_pd(qk_lo_pd(d)))));
+        s1 = _mm256_add_pd(s1, _mm256_cvtps_pd(_mm256_cvtpd_ps(qk_exp_pd(qk_hi_pd(d)))));
         __m256i c = _mm256_cvtps_epi32(_mm256_mul_ps(vinv, _mm256_sub_ps(v, vm)));
         c = _mm256_and_si256(_mm256_min_epi32(c, cap),
                              _mm256_castps_si256(_mm256_cmp_ps(v, vm, _CMP_GT_OQ)));
