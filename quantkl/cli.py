@@ -205,6 +205,37 @@ def cmd_plot(args) -> int:
     return EXIT_OK
 
 
+def cmd_worst(args) -> int:
+    from .evaluation import compare_dumps
+    from .records import load_result, read_record
+    from .runner import Vocabulary
+    from .worst import format_worst, worst_tokens
+    if all(p.endswith(".json") for p in args.inputs):
+        runs = []
+        for p in args.inputs:
+            rec = read_record(p)
+            base = (rec.get("base") or {}).get("path")
+            if not base or not os.path.exists(base):
+                raise ValueError(f"{p}: its base dump {base} is not there; the worst tokens need "
+                                 f"the dump's tokens")
+            model = args.model or (rec.get("model") or {}).get("path")
+            name = os.path.splitext((rec.get("model") or rec.get("other") or {}).get(
+                "file", os.path.basename(p)))[0]
+            runs.append((name, load_result(p, rec), base, model))
+    elif len(args.inputs) == 2 and not any(p.endswith(".json") for p in args.inputs):
+        with LogitDump(args.inputs[0]) as b, LogitDump(args.inputs[1]) as o:
+            result = compare_dumps(b, o, threads=args.threads)
+        runs = [(os.path.basename(args.inputs[1]), result, args.inputs[0], args.model)]
+    else:
+        raise ValueError("give JSON records, or two dumps (BASE.kld OTHER.kld)")
+    for name, result, base, model in runs:
+        vocab = Vocabulary(model, args.debug) if model and os.path.exists(model) else None
+        with LogitDump(base) as dump:
+            tokens = worst_tokens(result, dump, args.top, vocab)
+        print(format_worst(name, result, args.percent, tokens))
+    return EXIT_OK
+
+
 def mode_of(args) -> str:
     return "exact" if args.exact else "llama"
 
@@ -312,6 +343,18 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--width", type=positive_int, default=900, help="pixels (default 900)")
     pl.add_argument("--height", type=positive_int, default=600, help="pixels (default 600)")
     pl.set_defaults(func=cmd_plot)
+
+    wt = sub.add_parser("worst", parents=[common], help="the tokens a quant damages most",
+                        description="Mean KLD of the worst PERCENT %% of tokens, and the TOP "
+                                    "worst tokens with their text and both models' top "
+                                    "predictions. Inputs: JSON records from quantkl score, or "
+                                    "two dumps BASE.kld OTHER.kld.")
+    wt.add_argument("inputs", nargs="+", metavar="RECORD.json|DUMP.kld")
+    wt.add_argument("--top", type=positive_int, default=10, help="tokens to list (default 10)")
+    wt.add_argument("--percent", type=float, default=5.0, help="worst share to average (default 5)")
+    wt.add_argument("--model", "-m", metavar="MODEL.gguf",
+                    help="vocabulary for the text (default: the record's model)")
+    wt.set_defaults(func=cmd_worst)
     return p
 
 

@@ -52,7 +52,8 @@ def write_record(path: str, result: KLDResult, meta: Dict[str, Any]) -> str:
     record["per_token_summary"] = per_token_summary(result)
     record["per_token_file"] = os.path.basename(sidecar)
     np.savez_compressed(sidecar, kld=result.kld, nll=result.nll, nll_base=result.nll_base,
-                        rank=result.rank, chunk_ends=np.asarray(result.chunk_ends, np.int64))
+                        rank=result.rank, chunk_ends=np.asarray(result.chunk_ends, np.int64),
+                        top_base=result.top_base, top_other=result.top_other)
     tmp = path + ".partial"
     with open(tmp, "w") as f:
         json.dump(record, f, indent=2, allow_nan=True)
@@ -86,4 +87,5 @@ def load_result(path: str, record: Optional[Dict[str, Any]] = None) -> KLDResult
     except OSError:
         raise ValueError(f"{path}: its per-token file {sidecar} is missing") from None
     return KLDResult(z["kld"], z["nll"], z["nll_base"], z["rank"], record["mode"],
-                     chunk_ends=z["chunk_ends"].tolist())
+                     chunk_ends=z["chunk_ends"].tolist(), top_base=z["top_base"],
+                     top_other=z["top_other"])

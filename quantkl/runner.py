@@ -53,6 +53,45 @@ def check_gguf(path: str) -> None:
         raise ModelError(f"{path}: not a GGUF model file (starts with {magic!r})")
 
 
+class Vocabulary:
+    """A GGUF model's vocabulary alone (no weights loaded), to turn token ids into text."""
+
+    def __init__(self, model_path: str | os.PathLike, verbose: bool = False):
+        self.path = os.fspath(model_path)
+        check_gguf(self.path)
+        lc = self._lc = _llama()
+        if not verbose:
+            _silence_llama_logs(lc)
+        lc.llama_backend_init()
+        params = lc.llama_model_default_params()
+        params.vocab_only = True
+        self._model = lc.llama_model_load_from_file(self.path.encode(), params)
+        if not self._model:
+            raise ModelError(f"{self.path}: llama.cpp could not read this model's vocabulary")
+        self._vocab = lc.llama_model_get_vocab(self._model)
+        self.n_vocab = lc.llama_vocab_n_tokens(self._vocab)
+
+    def piece(self, token: int) -> str:
+        """The text of one token (special tokens shown as their names)."""
+        buf = ctypes.create_string_buffer(256)
+        n = self._lc.llama_token_to_piece(self._vocab, int(token), buf, len(buf), 0, True)
+        return buf.raw[:max(n, 0)].decode("utf-8", errors="replace")
+
+    def text(self, tokens) -> str:
+        return "".join(self.piece(t) for t in tokens)
+
+    def close(self) -> None:
+        if self._model:
+            self._lc.llama_model_free(self._model)
+            self._model = None
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass
+
+
 class ModelRunner:
     """One GGUF model with a context of ``n_ctx`` tokens, ready to evaluate chunks."""
 
@@ -116,11 +155,6 @@ class ModelRunner:
             if n >= 0:
                 return np.ctypeslib.as_array(out)[:n].astype(np.int32)
             cap = -n
-
-    def token_text(self, token: int) -> str:
-        buf = ctypes.create_string_buffer(256)
-        n = self._lc.llama_token_to_piece(self._vocab, int(token), buf, len(buf), 0, True)
-        return buf.raw[:max(n, 0)].decode("utf-8", errors="replace")
 
     def chunk_logits(self, tokens: np.ndarray) -> np.ndarray:
         """float32 logits (n_ctx, n_vocab) of one chunk: a view into llama.cpp's buffer,

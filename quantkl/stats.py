@@ -85,12 +85,14 @@ class KLDResult:
     [-1, 1] and [0, 1] (``format`` prints them as %). ``ppl_*`` are perplexities.
     Per-token arrays: ``kld``, ``nll`` (other model), ``nll_base``, ``dp``,
     ``rank`` (rank of the base's top token among the other model's
-    predictions, 0 = same top, 10 = not in its top 10).
+    predictions, 0 = same top, 10 = not in its top 10), ``top_base`` and
+    ``top_other`` (each model's most likely token).
     """
 
     def __init__(self, kld: np.ndarray, nll: np.ndarray, nll_base: np.ndarray,
                  rank: np.ndarray, mode: str = "llama", topk: Sequence[int] = (1, 5, 10),
-                 chunk_ends: Optional[Iterable[int]] = None):
+                 chunk_ends: Optional[Iterable[int]] = None,
+                 top_base: Optional[np.ndarray] = None, top_other: Optional[np.ndarray] = None):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         n = len(kld)
@@ -102,6 +104,9 @@ class KLDResult:
         self.nll = np.asarray(nll, np.float64)
         self.nll_base = np.asarray(nll_base, np.float64)
         self.rank = np.asarray(rank, np.int8)
+        # Each model's most likely token per row (-1 where not known).
+        self.top_base = np.full(n, -1, np.int32) if top_base is None else np.asarray(top_base, np.int32)
+        self.top_other = np.full(n, -1, np.int32) if top_other is None else np.asarray(top_other, np.int32)
         if mode == "llama":
             # llama.cpp: float nll, nll_base; p = expf(-nll); Δp in float.
             nll32 = self.nll.astype(np.float32)
@@ -125,7 +130,9 @@ class KLDResult:
                          np.concatenate([self.nll, other.nll]),
                          np.concatenate([self.nll_base, other.nll_base]),
                          np.concatenate([self.rank, other.rank]), self.mode,
-                         sorted(set(self.topk) | set(other.topk)), ends)
+                         sorted(set(self.topk) | set(other.topk)), ends,
+                         np.concatenate([self.top_base, other.top_base]),
+                         np.concatenate([self.top_other, other.top_other]))
 
     @property
     def count(self) -> int:
@@ -210,7 +217,8 @@ class KLDResult:
         return out
 
     def __getattr__(self, name: str) -> float:
-        if name.startswith("_") or name in ("kld", "nll", "nll_base", "dp", "rank"):
+        if name.startswith("_") or name in ("kld", "nll", "nll_base", "dp", "rank", "top_base",
+                                            "top_other"):
             raise AttributeError(name)
         stats = self.statistics()
         if name in stats:
@@ -234,6 +242,13 @@ class KLDResult:
 
     def to_json(self, **kw) -> str:
         return json.dumps(self.to_dict(), **kw)
+
+    def to_pandas(self):
+        """The per-token arrays as a DataFrame (one row per token); needs pandas."""
+        import pandas as pd
+        return pd.DataFrame({"kld": self.kld, "nll": self.nll, "nll_base": self.nll_base,
+                             "dp": self.dp, "rank": self.rank, "top_base": self.top_base,
+                             "top_other": self.top_other})
 
     # --- llama-perplexity's printout ------------------------------------------
     def format_chunk_row(self, chunk: int) -> str:

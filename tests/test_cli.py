@@ -244,3 +244,37 @@ def test_console_script_and_module(golden, tmp_path):
         p = subprocess.run(cmd + ["score", str(empty), "--model", "x.gguf"], capture_output=True,
                            text=True)
         assert p.returncode == 1 and p.stderr.count("\n") == 1 and "Traceback" not in p.stderr
+
+
+def test_worst_tokens(quants, golden, tmp_path, capsys):
+    from quantkl.worst import worst_mean
+    assert worst_mean(np.arange(100.0), 5) == pytest.approx(97.0)
+    assert worst_mean(np.array([1.0, 2.0]), 5) == 2.0  # at least one token
+    rec = tmp_path / "q4.json"
+    assert run(capsys, "score", golden / GOLDEN_KLD, "--model", quants["Q4_0"], "--json", rec,
+               "-q")[0] == 0
+    z = np.load(tmp_path / "q4.npz")
+    code, out, err = run(capsys, "worst", rec, "--top", "4")
+    assert code == 0, err
+    lines = out.strip().splitlines()
+    assert f"worst 5 % of tokens (7 of 126): mean KLD {worst_mean(z['kld'], 5):.6f}" in lines[0]
+    assert len(lines) == 2 + 4
+    assert f"{z['kld'].max():9.4f}" in lines[2]
+    text = (golden / "gpl3.txt").read_text()
+    context = re.search(r"\(\.\.\.'(.*)'\)$", lines[2]).group(1)
+    assert context.replace("\\n", "\n") in text  # detokenized from the dump's own tokens
+    # two dumps, no record: the same worst token
+    save = tmp_path / "q4.kld"
+    assert run(capsys, "score", golden / GOLDEN_KLD, "--model", quants["Q4_0"], "--save", save,
+               "-q")[0] == 0
+    code, out2, err = run(capsys, "worst", golden / GOLDEN_KLD, save, "--top", "1",
+                          "--model", quants["Q4_0"])
+    assert code == 0, err
+    assert context in out2
+    # a record whose base dump has gone
+    moved = json.loads(rec.read_text())
+    moved["base"]["path"] = str(tmp_path / "gone.kld")
+    (tmp_path / "moved.json").write_text(json.dumps(moved))
+    (tmp_path / "moved.npz").write_bytes((tmp_path / "q4.npz").read_bytes())
+    code, _, err = run(capsys, "worst", tmp_path / "moved.json")
+    assert code == 1 and "base dump" in err and "is not there" in err

@@ -129,3 +129,12 @@ def test_plot_svg_and_bad_requests(records, capsys):
     assert main(["plot", str(d / "cmp.json"), "-o", str(d / "x.png")]) == 1
     assert "has no size (gb)" in capsys.readouterr().err
     assert not (d / "x.png").exists()
+
+
+def test_to_pandas(records):
+    d, a, _ = records
+    df = a.to_pandas()
+    assert list(df.columns[:4]) == ["kld", "nll", "nll_base", "dp"]
+    assert len(df) == a.count and df["kld"].mean() == pytest.approx(a.kld_mean)
+    t = comparison_table(load_records([str(d / "q4.json"), str(d / "q8.json")])).to_pandas()
+    assert t.loc["KLD mean", "q4"] == pytest.approx(a.kld_mean)
