@@ -5,19 +5,15 @@ import numpy as np
 import pytest
 
 import quantkl
-from quantkl.bench import best_time, lm_like_logits, perturbed, workloads
+from quantkl.bench import best_time, lm_like_logits, perturbed, thread_scaling
 from quantkl.dumpfile import LogitDump, LogitDumpWriter
 
 
 def test_thread_scaling(benchmark, record):
-    one = workloads(151936, 255, threads=1, kernels=("u16xf32",))[0]
-    two = workloads(151936, 255, threads=2, kernels=("u16xf32",))[0]
-    benchmark.pedantic(two.run, rounds=3, iterations=1, warmup_rounds=1)
-    t1 = best_time(one.run, 3)
-    rate2 = two.n_entries / benchmark.stats.stats.min / 1e6
-    rate1 = one.n_entries / t1 / 1e6
-    record(benchmark, label="u16xf32 llama 1->2 threads", rate_M_per_s=rate2,
-           reference_rate_M_per_s=rate1, ratio=rate2 / rate1, GB_per_s=rate2 * 6 / 1e3)
+    result = benchmark.pedantic(thread_scaling, rounds=1, iterations=1)
+    record(benchmark, label="u16xf32 llama 1->2 threads", rate_M_per_s=result["rate_2_threads"],
+           reference_rate_M_per_s=result["rate_1_thread"], ratio=result["speedup"],
+           GB_per_s=result["rate_2_threads"] * 6 / 1e3)
 
 
 def rss():

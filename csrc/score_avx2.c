@@ -233,10 +233,7 @@ QK_AVX2 void qk_score_llama_logits_avx2(const uint16_t *p_row, const void *q, in
             qk_llama_logits_add(&sums, &h, c, y, exact, keep_from);
         }
     }
-    if (_mm256_movemask_ps(bad))
-        out->status |= QK_Q_NONFINITE;
-    if (lq.max == -INFINITY)
-        out->status |= QK_Q_EMPTY;
+    out->status = qk_side_status(_mm256_movemask_ps(bad), lq.max, QK_Q_NONFINITE, QK_Q_EMPTY);
     if (out->status)
         return;
     const qk_lse l = lse_vec_done(&lq);
