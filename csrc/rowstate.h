@@ -115,6 +115,20 @@ static inline int32_t qk_side_status(int nonfinite, double max, int32_t nonfinit
     return max == -INFINITY ? empty_bit : 0;
 }
 
+/* Clears out and reads the base row's header; 0 (with out->status set) if it
+ * is corrupt. *keep_from: the first code kept in the sum for this mode. */
+static inline int qk_llama_logits_begin(const uint16_t *p_row, int mode, qk_header *h,
+                                        int32_t *keep_from, qk_row *out)
+{
+    memset(out, 0, sizeof *out);
+    if (!qk_read_header(p_row, h)) {
+        out->status = QK_P_BAD_HEADER;
+        return 0;
+    }
+    *keep_from = mode == QK_EXACT ? 1 : qk_llama_keep_from(h->scale, h->min_log_prob);
+    return 1;
+}
+
 /* Sums over a base llama row's entries against the other side's logits
  * (gathered by any path, in any order). */
 typedef struct {

@@ -105,6 +105,24 @@ QK_AVX2 static inline float sweep_logits(const void *q, int dt, int64_t i0, int6
     return m > smax ? m : smax;
 }
 
+/* The other side's tile [t, end): sweep A, then what sweep B needs. */
+typedef struct {
+    int64_t end, vec_end; /* tile end; end of its whole groups of eight */
+    int live;             /* the other side has a finite logit so far */
+    __m256 far;           /* groups below this skip their exps */
+    __m256d max;
+} q_tile;
+
+QK_AVX2 static inline q_tile q_tile_begin(lse_vec *lq, const void *q, int dt, int64_t t,
+                                          int64_t n_vocab, __m256 *bad, qk_topk *tq)
+{
+    const int64_t n = n_vocab - t < QK_TILE ? n_vocab - t : QK_TILE;
+    lse_vec_raise(lq, sweep_logits(q, dt, t, n, bad, tq));
+    q_tile qt = {t + n, t + (n & ~(int64_t)7), lq->max > -INFINITY,
+                 _mm256_set1_ps((float)(lq->max - QK_FAR)), _mm256_set1_pd(lq->max)};
+    return qt;
+}
+
 /* First index of the largest code, updated from eight codes at a time. */
 QK_AVX2 static inline void argmax_codes8(__m128i c, int64_t i, const uint16_t *row,
                                          uint16_t *best, int64_t *top)
@@ -171,14 +189,11 @@ QK_AVX2 void qk_score_llama_logits_avx2(const uint16_t *p_row, const void *q, in
         qk_score_llama_logits_scalar(p_row, q, q_dtype, q_stride, n_vocab, tok, mode, out);
         return;
     }
-    memset(out, 0, sizeof *out);
     qk_header h;
-    if (!qk_read_header(p_row, &h)) {
-        out->status = QK_P_BAD_HEADER;
+    int32_t keep_from;
+    if (!qk_llama_logits_begin(p_row, mode, &h, &keep_from, out))
         return;
-    }
     const int exact = mode == QK_EXACT;
-    const int32_t keep_from = exact ? 1 : qk_llama_keep_from(h.scale, h.min_log_prob);
     const __m256d scale = _mm256_set1_pd(h.scale), minlp = _mm256_set1_pd(h.min_log_prob);
     const __m256d ninf = _mm256_set1_pd(-INFINITY), one = _mm256_set1_pd(1.0);
     lse_vec lq;
@@ -191,18 +206,13 @@ QK_AVX2 void qk_score_llama_logits_avx2(const uint16_t *p_row, const void *q, in
     uint16_t best = 0;
     int64_t top_p = 0;
     for (int64_t t = 0; t < n_vocab; t += QK_TILE) {
-        const int64_t n = n_vocab - t < QK_TILE ? n_vocab - t : QK_TILE;
-        const int64_t nv = t + (n & ~(int64_t)7);
-        lse_vec_raise(&lq, sweep_logits(q, q_dtype, t, n, &bad, &tq));
-        const int q_live = lq.max > -INFINITY;
-        const __m256 far = _mm256_set1_ps((float)(lq.max - QK_FAR));
-        const __m256d qmax = _mm256_set1_pd(lq.max);
-        for (int64_t i = t; i < nv; i += 8) {
+        const q_tile qt = q_tile_begin(&lq, q, q_dtype, t, n_vocab, &bad, &tq);
+        for (int64_t i = t; i < qt.vec_end; i += 8) {
             const __m256 y = qk_load8(q, q_dtype, i);
             const __m128i c = qk_codes8(p_row, i);
             argmax_codes8(c, i, p_row, &best, &top_p);
-            if (q_live)
-                lse_vec_add8(&lq, y, far, qmax);
+            if (qt.live)
+                lse_vec_add8(&lq, y, qt.far, qt.max);
             const __m256d ylo = qk_lo_pd(y), yhi = qk_hi_pd(y);
             if (exact) {
                 const __m128i z = _mm_cmpeq_epi16(c, _mm_setzero_si128());
@@ -221,14 +231,14 @@ QK_AVX2 void qk_score_llama_logits_avx2(const uint16_t *p_row, const void *q, in
             base_add4(&bs, _mm256_fmadd_pd(scale, qk_codes_lo_pd(c), minlp), mask_lo(k), ylo);
             base_add4(&bs, _mm256_fmadd_pd(scale, qk_codes_hi_pd(c), minlp), mask_hi(k), yhi);
         }
-        for (int64_t i = nv; i < t + n; i++) {
+        for (int64_t i = qt.vec_end; i < qt.end; i++) {
             const double y = qk_load(q, q_dtype, 1, i);
             const uint16_t c = qk_code(p_row, i);
             if (c > best) {
                 best = c;
                 top_p = i;
             }
-            if (q_live)
+            if (qt.live)
                 lse_vec_add1(&lq, y);
             qk_llama_logits_add(&sums, &h, c, y, exact, keep_from);
         }
@@ -314,9 +324,8 @@ QK_AVX2 void qk_score_logits_logits_avx2(const void *p, int p_dtype, ptrdiff_t p
         __m256d a_lo = zero, a_hi = zero;
         double a_rest = 0;
         for (int64_t t = 0; t < n_vocab; t += QK_TILE) {
-            const int64_t n = n_vocab - t < QK_TILE ? n_vocab - t : QK_TILE;
-            const int64_t nv = t + (n & ~(int64_t)7);
-            const double mp = sweep_argmax(p, p_dtype, t, n, &bad_p, &best, &top_p);
+            const q_tile qt = q_tile_begin(&lq, q, q_dtype, t, n_vocab, &bad_q, &tq);
+            const double mp = sweep_argmax(p, p_dtype, t, qt.end - t, &bad_p, &best, &top_p);
             if (mp > lp.max) {
                 const double f = exp(lp.max - mp);
                 const __m256d fv = _mm256_set1_pd(f), infv = _mm256_set1_pd(INFINITY);
@@ -325,17 +334,17 @@ QK_AVX2 void qk_score_logits_logits_avx2(const void *p, int p_dtype, ptrdiff_t p
                 a_rest = a_rest == INFINITY ? a_rest : a_rest * f;
             }
             lse_vec_raise(&lp, mp);
-            lse_vec_raise(&lq, sweep_logits(q, q_dtype, t, n, &bad_q, &tq));
-            if (lp.max == -INFINITY)
-                continue;
+            /* until the base has a finite logit its terms are all zero, but the
+             * other side's normaliser still needs every tile */
+            const int p_live = lp.max > -INFINITY;
             const __m256 farp = _mm256_set1_ps((float)(lp.max - QK_FAR));
-            const __m256 farq = _mm256_set1_ps((float)(lq.max - QK_FAR));
-            const __m256d pmax = _mm256_set1_pd(lp.max), qmax = _mm256_set1_pd(lq.max);
-            const int q_live = lq.max > -INFINITY;
-            for (int64_t i = t; i < nv; i += 8) {
+            const __m256d pmax = _mm256_set1_pd(lp.max);
+            for (int64_t i = t; i < qt.vec_end; i += 8) {
                 const __m256 x = qk_load8(p, p_dtype, i), y = qk_load8(q, q_dtype, i);
-                if (q_live)
-                    lse_vec_add8(&lq, y, farq, qmax);
+                if (qt.live)
+                    lse_vec_add8(&lq, y, qt.far, qt.max);
+                if (!p_live)
+                    continue;
                 /* a group far below the max is skipped unless the other side
                  * masks a token there (then the KL is infinite, and must say so) */
                 if (!_mm256_movemask_ps(_mm256_cmp_ps(x, farp, _CMP_GE_OQ)) &&
@@ -364,9 +373,9 @@ QK_AVX2 void qk_score_logits_logits_avx2(const void *p, int p_dtype, ptrdiff_t p
                 a_lo = _mm256_add_pd(a_lo, inf_l);
                 a_hi = _mm256_add_pd(a_hi, inf_h);
             }
-            for (int64_t i = nv; i < t + n; i++) {
+            for (int64_t i = qt.vec_end; i < qt.end; i++) {
                 const double x = qk_load(p, p_dtype, 1, i), y = qk_load(q, q_dtype, 1, i);
-                if (q_live)
+                if (qt.live)
                     lse_vec_add1(&lq, y);
                 if (x > -INFINITY) {
                     const double e = exp(x - lp.max);
@@ -408,16 +417,11 @@ QK_AVX2 void qk_score_logits_logits_avx2(const void *p, int p_dtype, ptrdiff_t p
         base_sums bs = {zero, zero, zero};
         double r0 = 0, r1 = 0, r2 = 0;
         for (int64_t t = 0; t < n_vocab; t += QK_TILE) {
-            const int64_t n = n_vocab - t < QK_TILE ? n_vocab - t : QK_TILE;
-            const int64_t nv = t + (n & ~(int64_t)7);
-            lse_vec_raise(&lq, sweep_logits(q, q_dtype, t, n, &bad_q, &tq));
-            const int q_live = lq.max > -INFINITY;
-            const __m256 farq = _mm256_set1_ps((float)(lq.max - QK_FAR));
-            const __m256d qmax = _mm256_set1_pd(lq.max);
-            for (int64_t i = t; i < nv; i += 8) {
+            const q_tile qt = q_tile_begin(&lq, q, q_dtype, t, n_vocab, &bad_q, &tq);
+            for (int64_t i = t; i < qt.vec_end; i += 8) {
                 const __m256 x = qk_load8(p, p_dtype, i), y = qk_load8(q, q_dtype, i);
-                if (q_live)
-                    lse_vec_add8(&lq, y, farq, qmax);
+                if (qt.live)
+                    lse_vec_add8(&lq, y, qt.far, qt.max);
                 /* fcut sits a nat below the cut: groups under it have no kept term */
                 if (!_mm256_movemask_ps(_mm256_cmp_ps(x, fcut, _CMP_GT_OQ)))
                     continue;
@@ -425,9 +429,9 @@ QK_AVX2 void qk_score_logits_logits_avx2(const void *p, int p_dtype, ptrdiff_t p
                 base_add4(&bs, ll, _mm256_cmp_pd(ll, cut, _CMP_GT_OQ), qk_lo_pd(y));
                 base_add4(&bs, lh, _mm256_cmp_pd(lh, cut, _CMP_GT_OQ), qk_hi_pd(y));
             }
-            for (int64_t i = nv; i < t + n; i++) {
+            for (int64_t i = qt.vec_end; i < qt.end; i++) {
                 const double y = qk_load(q, q_dtype, 1, i);
-                if (q_live)
+                if (qt.live)
                     lse_vec_add1(&lq, y);
                 const double l = qk_load(p, p_dtype, 1, i) - lse_p;
                 if (l > -16.0)

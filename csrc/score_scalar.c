@@ -11,14 +11,11 @@ void qk_score_llama_logits_scalar(const uint16_t *p_row, const void *q, int q_dt
                                   ptrdiff_t q_stride, int64_t n_vocab, int32_t tok, int mode,
                                   qk_row *out)
 {
-    memset(out, 0, sizeof *out);
     qk_header h;
-    if (!qk_read_header(p_row, &h)) {
-        out->status = QK_P_BAD_HEADER;
+    int32_t keep_from;
+    if (!qk_llama_logits_begin(p_row, mode, &h, &keep_from, out))
         return;
-    }
     const int exact = mode == QK_EXACT;
-    const int32_t keep_from = exact ? 1 : qk_llama_keep_from(h.scale, h.min_log_prob);
     qk_lse lq = QK_LSE_INIT;
     qk_topk tq = {0};
     qk_llama_logits_sums sums = {0};

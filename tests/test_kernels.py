@@ -243,3 +243,21 @@ def test_masked_token_in_a_long_row_gives_infinite_kld(kernel_path, rng, lift):
         assert np.all(quantkl.score_rows(base, y, tok).kld == np.inf)
     else:  # outside it, llama.cpp's cut drops the term
         assert np.all(np.isfinite(quantkl.score_rows(x, y, tok, mode="llama").kld))
+
+
+@pytest.mark.parametrize("side", ["base", "other"])
+def test_leading_tiles_fully_masked(kernel_path, rng, side):
+    """Whole tiles of -inf at the start of a row (SIMD paths work in tiles of
+    1024): the other side's normaliser must still see every tile."""
+    v, n = 5000, 3
+    x = make_logits(rng, n, v, "peaked").astype(np.float32)
+    y = perturb(rng, x, "peaked").astype(np.float32)
+    (x if side == "base" else y)[:, :2500] = -np.inf
+    if side == "other":
+        x[:, :2500] = -np.inf  # the quant may only mask what the base masks
+    tok = np.full(n, 4000)
+    for mode in ("llama", "exact"):
+        check(quantkl.score_rows(x, y, tok, mode=mode), reference.score_rows(x, y, tok, mode))
+        base, _ = quantkl.encode_llama_rows(x, tok)
+        check(quantkl.score_rows(base, y, tok, mode=mode),
+              reference.score_rows(base, y, tok, mode))
