@@ -52,11 +52,6 @@ class LlamaRows:
     def __len__(self) -> int:
         return self.rows.shape[0]
 
-    def __getitem__(self, sl: slice) -> "LlamaRows":
-        if not isinstance(sl, slice):
-            raise TypeError("LlamaRows can only be sliced by a range of rows")
-        return LlamaRows(self.rows[sl], self.n_vocab)
-
     @property
     def shape(self) -> Tuple[int, int]:
         """(rows, n_vocab), the shape of the distributions these rows hold."""

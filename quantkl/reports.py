@@ -172,7 +172,7 @@ class ComparisonTable:
 def comparison_table(records: Sequence[QuantRecord]) -> ComparisonTable:
     recs = sorted(records, key=lambda r: r.stats["kld_mean"])
     values, text = [], []
-    for label, get, digits, pct in MEASUREMENTS:
+    for _, get, digits, pct in MEASUREMENTS:
         row = []
         for r in recs:
             try:
