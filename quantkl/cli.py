@@ -261,7 +261,8 @@ def build_parser() -> argparse.ArgumentParser:
                               "instead of llama-perplexity's")
     scoring.add_argument("--json", metavar="OUT.json", help="write a JSON record (+ OUT.npz)")
     scoring.add_argument("--topk", type=topk_list, default=[1, 5, 10], metavar="K,K,..",
-                         help="top-k agreement to report, k in 1..10 (default 1,5,10)")
+                         help="top-k agreement figures for the JSON record, k in 1..10 "
+                              "(default 1,5,10)")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     d = sub.add_parser("dump", parents=[common], help="write a base model's logits file",
