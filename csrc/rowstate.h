@@ -236,6 +236,32 @@ static inline void qk_llama_llama_add(qk_llama_llama_sums *s, const qk_header *h
         s->p_on_q_tail += p;
 }
 
+/* Everything a pass over two llama rows carries from entry to entry. */
+typedef struct {
+    qk_llama_llama_sums sums;
+    qk_topk tq;      /* the other dump's largest codes */
+    uint16_t best;   /* the base's largest code so far, first at top_p */
+    int64_t top_p;
+} qk_llama_llama_state;
+
+/* Entries [from, to) one at a time: the scalar kernel's whole row, and the
+ * remainder after a SIMD path's groups of eight. */
+static inline void qk_llama_llama_range(qk_llama_llama_state *st, const qk_header *hp,
+                                        const qk_header *hq, const uint16_t *p_row,
+                                        const uint16_t *q_row, int64_t from, int64_t to,
+                                        int exact, int32_t keep_from)
+{
+    for (int64_t i = from; i < to; i++) {
+        const uint16_t cp = qk_code(p_row, i), cq = qk_code(q_row, i);
+        if (cp > st->best) {
+            st->best = cp;
+            st->top_p = i;
+        }
+        qk_topk_push(&st->tq, cq, i);
+        qk_llama_llama_add(&st->sums, hp, hq, cp, cq, exact, keep_from);
+    }
+}
+
 static inline void qk_llama_llama_finish(const qk_llama_llama_sums *s, const qk_header *hp,
                                          const qk_header *hq, const uint16_t *p_row,
                                          const uint16_t *q_row, int32_t tok, int exact,

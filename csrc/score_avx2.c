@@ -484,19 +484,17 @@ QK_AVX2 void qk_score_llama_llama_avx2(const uint16_t *p_row, const uint16_t *q_
     const __m256d sq = _mm256_set1_pd(hq.scale), mq = _mm256_set1_pd(hq.min_log_prob);
     const __m256d zero = _mm256_setzero_pd();
     const __m128i z16 = _mm_setzero_si128();
-    qk_topk tq = {0};
     base_sums bs = {zero, zero, zero};
     __m256d q_mass = zero, p_on_q_tail = zero, p_tail_lq = zero;
-    qk_llama_llama_sums sums = {0}; /* counts and scalar remainders, then the totals */
-    uint16_t best = 0;
-    int64_t top_p = 0;
+    qk_llama_llama_state st = {0}; /* counts and scalar remainders, then the totals */
+    qk_llama_llama_sums *sums = &st.sums;
     const int64_t nv = n_vocab & ~(int64_t)7;
     for (int64_t i = 0; i < nv; i += 8) {
         const __m128i cp = qk_codes8(p_row, i), cq = qk_codes8(q_row, i);
-        argmax_codes8(cp, i, p_row, &best, &top_p);
-        topk_codes8(cq, i, q_row, &tq);
+        argmax_codes8(cp, i, p_row, &st.best, &st.top_p);
+        topk_codes8(cq, i, q_row, &st.tq);
         const __m128i qz = _mm_cmpeq_epi16(cq, z16);
-        sums.q_tail_n += popcount16(qz);
+        sums->q_tail_n += popcount16(qz);
         __m256d lql = zero, lqh = zero;
         const __m128i qnz = _mm_xor_si128(qz, _mm_set1_epi32(-1));
         const int any_q = !_mm_testz_si128(qnz, qnz);
@@ -509,8 +507,8 @@ QK_AVX2 void qk_score_llama_llama_avx2(const uint16_t *p_row, const uint16_t *q_
         if (exact) {
             const __m128i pz = _mm_cmpeq_epi16(cp, z16);
             if (!_mm_testz_si128(pz, pz)) {
-                sums.p_tail_n += popcount16(pz);
-                sums.p_tail_on_q_tail += popcount16(_mm_and_si128(pz, qz));
+                sums->p_tail_n += popcount16(pz);
+                sums->p_tail_on_q_tail += popcount16(_mm_and_si128(pz, qz));
                 p_tail_lq = _mm256_add_pd(p_tail_lq, _mm256_add_pd(_mm256_and_pd(lql, mask_lo(pz)),
                                                                    _mm256_and_pd(lqh, mask_hi(pz))));
             }
@@ -528,22 +526,14 @@ QK_AVX2 void qk_score_llama_llama_avx2(const uint16_t *p_row, const uint16_t *q_
         p_on_q_tail = _mm256_add_pd(p_on_q_tail, _mm256_add_pd(_mm256_and_pd(pl, mask_lo(qz)),
                                                                _mm256_and_pd(ph, mask_hi(qz))));
     }
-    for (int64_t i = nv; i < n_vocab; i++) {
-        const uint16_t cp = qk_code(p_row, i), cq = qk_code(q_row, i);
-        if (cp > best) {
-            best = cp;
-            top_p = i;
-        }
-        qk_topk_push(&tq, cq, i);
-        qk_llama_llama_add(&sums, &hp, &hq, cp, cq, exact, keep_from);
-    }
-    sums.s0 += qk_hsum_pd(bs.s0);
-    sums.s1 += qk_hsum_pd(bs.s1);
-    sums.s2 += qk_hsum_pd(bs.s2);
-    sums.q_mass += qk_hsum_pd(q_mass);
-    sums.p_on_q_tail += qk_hsum_pd(p_on_q_tail);
-    sums.p_tail_lq += qk_hsum_pd(p_tail_lq);
-    qk_llama_llama_finish(&sums, &hp, &hq, p_row, q_row, tok, exact, top_p, &tq, out);
+    qk_llama_llama_range(&st, &hp, &hq, p_row, q_row, nv, n_vocab, exact, keep_from);
+    sums->s0 += qk_hsum_pd(bs.s0);
+    sums->s1 += qk_hsum_pd(bs.s1);
+    sums->s2 += qk_hsum_pd(bs.s2);
+    sums->q_mass += qk_hsum_pd(q_mass);
+    sums->p_on_q_tail += qk_hsum_pd(p_on_q_tail);
+    sums->p_tail_lq += qk_hsum_pd(p_tail_lq);
+    qk_llama_llama_finish(sums, &hp, &hq, p_row, q_row, tok, exact, st.top_p, &st.tq, out);
 }
 
 #endif

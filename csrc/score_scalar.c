@@ -138,18 +138,7 @@ void qk_score_llama_llama_scalar(const uint16_t *p_row, const uint16_t *q_row, i
         return;
     const int exact = mode == QK_EXACT;
     const int32_t keep_from = exact ? 1 : qk_llama_keep_from(hp.scale, hp.min_log_prob);
-    qk_topk tq = {0};
-    qk_llama_llama_sums sums = {0};
-    uint16_t best = 0;
-    int64_t top_p = 0;
-    for (int64_t i = 0; i < n_vocab; i++) {
-        const uint16_t cp = qk_code(p_row, i), cq = qk_code(q_row, i);
-        if (cp > best) {
-            best = cp;
-            top_p = i;
-        }
-        qk_topk_push(&tq, cq, i);
-        qk_llama_llama_add(&sums, &hp, &hq, cp, cq, exact, keep_from);
-    }
-    qk_llama_llama_finish(&sums, &hp, &hq, p_row, q_row, tok, exact, top_p, &tq, out);
+    qk_llama_llama_state st = {0};
+    qk_llama_llama_range(&st, &hp, &hq, p_row, q_row, 0, n_vocab, exact, keep_from);
+    qk_llama_llama_finish(&st.sums, &hp, &hq, p_row, q_row, tok, exact, st.top_p, &st.tq, out);
 }
