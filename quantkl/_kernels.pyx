@@ -14,21 +14,25 @@ cdef extern from "quantkl.h" nogil:
         double kld
         double nll_p
         double nll_q
-        int32_t top_p
-        int32_t top_q
+        int64_t top_p
+        int64_t top_q
         int32_t rank
         int32_t status
     int QK_TOPK_MAX
     void qk_score_llama_logits(const uint16_t *p_row, const void *q, int q_dtype,
-                               Py_ssize_t q_stride, int64_t n_vocab, int32_t tok, int mode,
+                               Py_ssize_t q_stride, int64_t n_vocab, int64_t tok, int mode,
                                qk_row *out)
     void qk_score_logits_logits(const void *p, int p_dtype, Py_ssize_t p_stride, const void *q,
-                                int q_dtype, Py_ssize_t q_stride, int64_t n_vocab, int32_t tok,
+                                int q_dtype, Py_ssize_t q_stride, int64_t n_vocab, int64_t tok,
                                 int mode, qk_row *out)
     void qk_score_llama_llama(const uint16_t *p_row, const uint16_t *q_row, int64_t n_vocab,
-                              int32_t tok, int mode, qk_row *out)
-    int qk_encode_llama_row(const float *x, Py_ssize_t stride, int64_t n_vocab, int32_t tok,
+                              int64_t tok, int mode, qk_row *out)
+    int qk_encode_llama_row(const float *x, Py_ssize_t stride, int64_t n_vocab, int64_t tok,
                             uint16_t *row, double *nll)
+
+cdef extern from "llama_loop.h" nogil:
+    double qk_llama_loop_kld(const uint16_t *base_row, const float *logits, int64_t n_vocab)
+    void qk_llama_loop_encode(const float *logits, int64_t n_vocab, uint16_t *row)
 
 cdef extern from "dispatch.h" nogil:
     int qk_path_count()
@@ -56,8 +60,8 @@ cdef class RowScores:
         self.kld = np.empty(n, np.float64)
         self.nll_p = np.empty(n, np.float64)
         self.nll_q = np.empty(n, np.float64)
-        self.top_p = np.empty(n, np.int32)
-        self.top_q = np.empty(n, np.int32)
+        self.top_p = np.empty(n, np.int64)
+        self.top_q = np.empty(n, np.int64)
         self.rank = np.empty(n, np.int32)
         self.status = np.empty(n, np.int32)
 
@@ -69,15 +73,16 @@ cdef struct Outputs:
     double *kld
     double *nll_p
     double *nll_q
-    int32_t *top_p
-    int32_t *top_q
+    int64_t *top_p
+    int64_t *top_q
     int32_t *rank
     int32_t *status
 
 
 cdef Outputs outputs_of(RowScores s):
     cdef double[::1] kld = s.kld, nll_p = s.nll_p, nll_q = s.nll_q
-    cdef int32_t[::1] top_p = s.top_p, top_q = s.top_q, rank = s.rank, status = s.status
+    cdef int64_t[::1] top_p = s.top_p, top_q = s.top_q
+    cdef int32_t[::1] rank = s.rank, status = s.status
     cdef Outputs o
     if kld.shape[0] == 0:
         return o
@@ -102,7 +107,7 @@ cdef inline void store(const qk_row *r, Outputs o, Py_ssize_t i) noexcept nogil:
 
 
 cdef void row_llama_logits(const uint16_t *p, const void *q, int q_dtype, Py_ssize_t q_stride,
-                           int64_t n_vocab, int32_t tok, int mode, Outputs o,
+                           int64_t n_vocab, int64_t tok, int mode, Outputs o,
                            Py_ssize_t i) noexcept nogil:
     cdef qk_row r
     qk_score_llama_logits(p, q, q_dtype, q_stride, n_vocab, tok, mode, &r)
@@ -110,14 +115,14 @@ cdef void row_llama_logits(const uint16_t *p, const void *q, int q_dtype, Py_ssi
 
 
 cdef void row_logits_logits(const void *p, int p_dtype, Py_ssize_t p_stride, const void *q,
-                            int q_dtype, Py_ssize_t q_stride, int64_t n_vocab, int32_t tok,
+                            int q_dtype, Py_ssize_t q_stride, int64_t n_vocab, int64_t tok,
                             int mode, Outputs o, Py_ssize_t i) noexcept nogil:
     cdef qk_row r
     qk_score_logits_logits(p, p_dtype, p_stride, q, q_dtype, q_stride, n_vocab, tok, mode, &r)
     store(&r, o, i)
 
 
-cdef void row_llama_llama(const uint16_t *p, const uint16_t *q, int64_t n_vocab, int32_t tok,
+cdef void row_llama_llama(const uint16_t *p, const uint16_t *q, int64_t n_vocab, int64_t tok,
                           int mode, Outputs o, Py_ssize_t i) noexcept nogil:
     cdef qk_row r
     qk_score_llama_llama(p, q, n_vocab, tok, mode, &r)
@@ -125,7 +130,7 @@ cdef void row_llama_llama(const uint16_t *p, const uint16_t *q, int64_t n_vocab,
 
 
 def score_llama_logits(const uint16_t[:, ::1] p, const logit_t[:, :] q, int q_dtype,
-                       const int32_t[::1] tokens, int64_t n_vocab, int mode, int threads):
+                       const int64_t[::1] tokens, int64_t n_vocab, int mode, int threads):
     cdef Py_ssize_t n = p.shape[0], i
     cdef Py_ssize_t q_stride = q.strides[1] // sizeof(logit_t)
     out = RowScores(n)
@@ -136,7 +141,7 @@ def score_llama_logits(const uint16_t[:, ::1] p, const logit_t[:, :] q, int q_dt
 
 
 def score_logits_logits(const logit_t[:, :] p, int p_dtype, const other_t[:, :] q, int q_dtype,
-                        const int32_t[::1] tokens, int64_t n_vocab, int mode, int threads):
+                        const int64_t[::1] tokens, int64_t n_vocab, int mode, int threads):
     cdef Py_ssize_t n = p.shape[0], i
     cdef Py_ssize_t p_stride = p.strides[1] // sizeof(logit_t)
     cdef Py_ssize_t q_stride = q.strides[1] // sizeof(other_t)
@@ -149,7 +154,7 @@ def score_logits_logits(const logit_t[:, :] p, int p_dtype, const other_t[:, :] 
 
 
 def score_llama_llama(const uint16_t[:, ::1] p, const uint16_t[:, ::1] q,
-                      const int32_t[::1] tokens, int64_t n_vocab, int mode, int threads):
+                      const int64_t[::1] tokens, int64_t n_vocab, int mode, int threads):
     cdef Py_ssize_t n = p.shape[0], i
     out = RowScores(n)
     cdef Outputs o = outputs_of(out)
@@ -158,7 +163,7 @@ def score_llama_llama(const uint16_t[:, ::1] p, const uint16_t[:, ::1] q,
     return out
 
 
-def encode_llama_rows(const float[:, :] x, const int32_t[::1] tokens, uint16_t[:, ::1] rows,
+def encode_llama_rows(const float[:, :] x, const int64_t[::1] tokens, uint16_t[:, ::1] rows,
                       int threads):
     """Fill rows (n, row width) from float32 logits x (n, n_vocab); returns (nll, status)."""
     cdef Py_ssize_t n = x.shape[0], i
@@ -171,6 +176,25 @@ def encode_llama_rows(const float[:, :] x, const int32_t[::1] tokens, uint16_t[:
     for i in prange(n, nogil=True, schedule="dynamic", num_threads=threads):
         status[i] = qk_encode_llama_row(&x[i, 0], stride, n_vocab, tokens[i], &rows[i, 0], &nll[i])
     return nll_arr, status_arr
+
+
+def llama_loop_kld_rows(const uint16_t[:, ::1] base, const float[:, ::1] logits, int threads):
+    """Per-row KLD by the transcription of llama.cpp's own loop (benchmarks' yardstick)."""
+    cdef Py_ssize_t n = base.shape[0], i
+    cdef int64_t n_vocab = logits.shape[1]
+    out_arr = np.empty(n, np.float64)
+    cdef double[::1] out = out_arr
+    for i in prange(n, nogil=True, schedule="dynamic", num_threads=threads):
+        out[i] = qk_llama_loop_kld(&base[i, 0], &logits[i, 0], n_vocab)
+    return out_arr
+
+
+def llama_loop_encode_rows(const float[:, ::1] logits, uint16_t[:, ::1] rows, int threads):
+    """llama.cpp's own encoder loop, transcribed (benchmarks' yardstick)."""
+    cdef Py_ssize_t n = logits.shape[0], i
+    cdef int64_t n_vocab = logits.shape[1]
+    for i in prange(n, nogil=True, schedule="dynamic", num_threads=threads):
+        qk_llama_loop_encode(&logits[i, 0], n_vocab, &rows[i, 0])
 
 
 def kernel_paths():

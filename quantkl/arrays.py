@@ -87,7 +87,7 @@ def logits_view(arr: object, side: str) -> Tuple[np.ndarray, int]:
 
 
 def token_ids(tokens: object, n_rows: int, n_vocab: int) -> np.ndarray:
-    """The next-token ids as contiguous int32, checked against rows and vocab."""
+    """The next-token ids as contiguous int64, checked against rows and vocab."""
     t = np.asarray(tokens)
     if t.ndim != 1:
         raise ValueError(f"tokens must be 1-D, got shape {t.shape}")
@@ -101,7 +101,7 @@ def token_ids(tokens: object, n_rows: int, n_vocab: int) -> np.ndarray:
             bad = lo if lo < 0 else hi
             row = int(np.argmax(t == bad))
             raise ValueError(f"token id {bad} at row {row} is outside the vocabulary [0, {n_vocab})")
-    return np.ascontiguousarray(t, dtype=np.int32)
+    return np.ascontiguousarray(t, dtype=np.int64)
 
 
 # Below this many vocabulary entries per thread, waking another thread costs

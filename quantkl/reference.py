@@ -29,29 +29,20 @@ def log_softmax(x: np.ndarray) -> np.ndarray:
         return x - m - np.log(np.sum(np.exp(x - m), axis=1, keepdims=True))
 
 
-def llama_lse(y: np.ndarray) -> np.ndarray:
-    """Per-row max + log-sum-exp held in float32, as llama.cpp holds it."""
-    m = np.max(y, axis=1)
-    with np.errstate(under="ignore"):
-        lse = np.log(np.sum(np.exp(y - m[:, None]), axis=1))
-    return (m.astype(np.float32) + lse.astype(np.float32)).astype(np.float64)
+def decode_llama(rows: LlamaRows) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(codes, log p, min_log_prob) of llama rows, widened to float64.
 
-
-def llama_nll(rows: LlamaRows, tokens: np.ndarray) -> np.ndarray:
-    """-(scale * code + min_log_prob) of each row's token, in float32 as llama.cpp decodes."""
-    _, _, scale, minlp = decode_llama(rows)
-    f32 = np.float32
-    code = rows.rows[np.arange(len(tokens)), 4 + tokens].astype(f32)
-    return (-((scale.astype(f32) * code) + minlp.astype(f32))).astype(np.float64)
-
-
-def decode_llama(rows: LlamaRows) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(codes, log p decoded, scale, min_log_prob) of llama rows, float64."""
+    log p is decoded as llama.cpp decodes it: ``scale * code`` rounded to
+    float32, then ``+ min_log_prob`` rounded to float32 (numpy never fuses
+    the two). That float32 value is the definition of a dump's log p.
+    """
     r = np.ascontiguousarray(rows.rows)
-    header = r[:, :4].copy().view(np.float32).astype(np.float64)
+    header = r[:, :4].copy().view(np.float32)
     scale, minlp = header[:, 0:1], header[:, 1:2]
-    codes = r[:, 4:4 + rows.n_vocab].astype(np.float64)
-    return codes, scale * codes + minlp, scale[:, 0], minlp[:, 0]
+    codes = r[:, 4:4 + rows.n_vocab].astype(np.float32)
+    with np.errstate(over="ignore", invalid="ignore"):
+        lp = scale * codes + minlp
+    return codes.astype(np.float64), lp.astype(np.float64), minlp[:, 0].astype(np.float64)
 
 
 def tail_log_prob(mass: np.ndarray, n: np.ndarray, min_log_prob: np.ndarray) -> np.ndarray:
@@ -62,28 +53,29 @@ def tail_log_prob(mass: np.ndarray, n: np.ndarray, min_log_prob: np.ndarray) -> 
     return np.clip(c, min_log_prob - 16.0, min_log_prob)
 
 
-def llama_base(rows: LlamaRows, mode: str, q_finite: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
-    """Base probabilities and log-probabilities the kernels use for llama rows.
+def llama_base(rows: LlamaRows, mode: str,
+               q_finite: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(p, log p, kept) of a base dump: the entries the KL sum takes and their values.
 
-    llama mode: decoded, terms with log p <= -16 dropped (p = 0). exact mode:
-    decoded where code > 0; code-0 entries (where the other side is finite)
-    share the clipped tail's mass.
+    llama mode: the decoded entries with log p > -16 (llama.cpp's cut).
+    exact mode: decoded where code > 0; code-0 entries where the other side is
+    finite share the clipped tail's mass.
     """
-    codes, lp, _, minlp = decode_llama(rows)
+    codes, lp, minlp = decode_llama(rows)
     if mode == "llama":
-        keep = lp > -16.0
-        return np.where(keep, np.exp(lp), 0.0), lp
+        kept = lp > -16.0
+        return np.where(kept, np.exp(lp), 0.0), lp, kept
     nz = codes > 0
     p_nz = np.where(nz, np.exp(lp), 0.0)
     tail = ~nz & q_finite
     c = tail_log_prob(1.0 - p_nz.sum(axis=1), tail.sum(axis=1), minlp)[:, None]
     logp = np.where(nz, lp, np.where(tail, c, -np.inf))
-    return np.where(nz, p_nz, np.where(tail, np.exp(c), 0.0)), logp
+    return np.where(nz, p_nz, np.where(tail, np.exp(c), 0.0)), logp, nz | tail
 
 
 def llama_other(rows: LlamaRows) -> np.ndarray:
     """Log-probabilities of a dump used as the second argument: code 0 is the tail."""
-    codes, lp, _, minlp = decode_llama(rows)
+    codes, lp, minlp = decode_llama(rows)
     nz = codes > 0
     c = tail_log_prob(1.0 - np.where(nz, np.exp(lp), 0.0).sum(axis=1), (~nz).sum(axis=1),
                       minlp)[:, None]
@@ -100,43 +92,42 @@ def rank_of(values: np.ndarray, idx: np.ndarray) -> np.ndarray:
 
 
 def score_rows(base, other, tokens, mode: str = "llama") -> Dict[str, np.ndarray]:
-    """Reference per-row kld, nll_p, nll_q, top_p, top_q, rank (float64 maths)."""
+    """Reference per-row kld, nll_p, nll_q, top_p, top_q, rank (float64 maths).
+
+    A kept base entry (p > 0 by the mode's rules) where the other side's
+    probability is 0 (a -inf logit) makes the row's KL infinite, however
+    small p is.
+    """
     tokens = np.asarray(tokens, np.int64)
     rows = np.arange(len(tokens))
     if isinstance(other, LlamaRows):
         lq = llama_other(other)
-        q_rank_values = other.rows[:, 4:4 + other.n_vocab].astype(np.int64)
-        nll_q = -lq[rows, tokens]
-        if mode == "llama":
-            nll_q = np.where(q_rank_values[rows, tokens] > 0, llama_nll(other, tokens), nll_q)
+        q_rank_values = decode_llama(other)[1]
     else:
         y = as_float64(other)
-        lq = log_softmax(y) if mode == "exact" else y - llama_lse(y)[:, None]
+        lq = log_softmax(y)
         q_rank_values = y
-        nll_q = -lq[rows, tokens]
-        if mode == "llama":
-            f32 = np.float32
-            nll_q = (llama_lse(y).astype(f32) - y[rows, tokens].astype(f32)).astype(np.float64)
     q_finite = lq > -np.inf
     if isinstance(base, LlamaRows):
-        p, lp = llama_base(base, mode, q_finite)
-        top_p = np.argmax(base.rows[:, 4:4 + base.n_vocab], axis=1)
+        p, lp, kept = llama_base(base, mode, q_finite)
+        top_p = np.argmax(decode_llama(base)[1], axis=1)
     else:
         x = as_float64(base)
         lp = log_softmax(x)
         p = np.exp(lp)
-        if mode == "llama":
-            p = np.where(lp > -16.0, p, 0.0)
+        kept = lp > -16.0 if mode == "llama" else lp > -np.inf
         top_p = np.argmax(x, axis=1)
     with np.errstate(invalid="ignore"):
-        terms = np.where(p > 0, p * (lp - lq), 0.0)
-    nll_p = -lp[rows, tokens]  # the cut drops KLD terms only, never the token's NLL
-    if mode == "llama" and isinstance(base, LlamaRows):
-        nll_p = llama_nll(base, tokens)
+        terms = np.where(kept & q_finite, p * (lp - lq), 0.0)
+    kld = terms.sum(axis=1)
+    kld[np.any(kept & ~q_finite, axis=1)] = np.inf
+    # the cut drops KLD terms only, never the token's NLL
+    nll_p = -(decode_llama(base)[1] if isinstance(base, LlamaRows) and mode == "llama"
+              else lp)[rows, tokens]
     return {
-        "kld": terms.sum(axis=1),
+        "kld": kld,
         "nll_p": nll_p,
-        "nll_q": nll_q,
+        "nll_q": -lq[rows, tokens],
         "top_p": top_p,
         "top_q": np.argmax(q_rank_values, axis=1),
         "rank": rank_of(q_rank_values, top_p),
