@@ -9,12 +9,13 @@
  * A float side is read twice: pass 1 streams it block by block (the block's
  * max, then its exps against the running max while the block is in L1, the
  * sum rescaled when the max grows); pass 2 reads it again from L2 beside the
- * base and sums the KL terms. Exps are float32 (vf_exp, < 1 ulp, unbiased);
- * every term is widened to float64 before it is summed, and each KL term
- * keeps the other side's log-sum-exp inside it, p * ((lp - (y - Y)) + lse_hi),
- * so that near-identical rows do not lose their small KLD to cancellation
- * between large sums. The result: per row |KLD - reference| <= 1e-7 +
- * 1e-6 * KLD, the contract tests/test_kernels.py holds every build to.
+ * base and sums the KL terms. Exps are float32 (< 0.9 ulp, unbiased), each
+ * step runs QK_G of them with their stages interleaved, and every term is
+ * widened to float64 before it is summed; each KL term keeps the other
+ * side's log-sum-exp inside it, p * ((lp - (y - Y)) + lse_hi), so that
+ * near-identical rows do not lose their small KLD to cancellation between
+ * large sums. The result: per row |KLD - reference| <= 1e-7 + 1e-6 * KLD,
+ * the contract tests/test_kernels.py holds every build to.
  */
 #include <math.h>
 #include <string.h>
@@ -35,53 +36,87 @@
 #define QK_BLOCK 2048
 /* Software prefetch distance of the streams read from memory (bytes). */
 #define QK_PREFETCH 16384
+/* Vectors per step. One exp is a chain of eleven dependent operations that
+ * leaves the FP pipes idle; four independent chains with their stages
+ * interleaved (GCC keeps source order on x86) keep them busy: -30 % time. */
+#ifndef QK_G
+#define QK_G 4
+#endif
+#define QK_SPAN (QK_G * QK_W)
+_Static_assert(QK_G % 2 == 0 && QK_BLOCK % QK_SPAN == 0, "a step is pairs, a block whole steps");
 
-/* --- exp ------------------------------------------------------------------ */
+/* --- exp --------------------------------------------------------------------- */
 
-/* exp(x) in float32: Cody-Waite reduction to r in [-ln2/2, ln2/2], Cephes'
- * polynomial, scaling by 2^k. Over every float in [-87, 0]: at most 0.89 ulp
- * from exp, mean relative error 2e-10 (no bias a sum of 1e5 terms could
- * feel). Below -87.3 (and at -inf) it gives 0: such a term is < 1e-38 of the
- * row's largest and cannot move a float64 sum. */
-QK_INLINE vf vf_exp(vf x)
+/* exp of n vectors in place (n a constant at each call), each x within
+ * [-87.3, 88]: Cody-Waite reduction to r in [-ln2/2, ln2/2], a degree-6
+ * polynomial (a minimax fit of e^r with its first two coefficients held at
+ * 1; relative error 3e-9 in exact arithmetic), scaling by 2^k. Over every
+ * float in [-87, 0]: at most 0.88 ulp from exp, mean relative error 3e-10
+ * (no bias a sum of 1e5 terms could feel). Lanes outside the range give
+ * anything, so callers mask them: clamping costs a tenth of a kernel. */
+QK_INLINE void vf_exp_in_range_n(vf *x, int n)
 {
-    const vf lo = vf_set1(-87.3365402f);
-    const vmask live = vf_gt(x, lo);
-    x = vf_min(vf_max(x, lo), vf_set1(88.0f));
-    const vf k = vf_round(x * vf_set1(1.44269504088896341f));
-    vf r = vf_fma(k, vf_set1(-0.693359375f), x);
-    r = vf_fma(k, vf_set1(2.12194440e-4f), r);
-    vf p = vf_set1(1.9875691500e-4f);
-    p = vf_fma(p, r, vf_set1(1.3981999507e-3f));
-    p = vf_fma(p, r, vf_set1(8.3334519073e-3f));
-    p = vf_fma(p, r, vf_set1(4.1665795894e-2f));
-    p = vf_fma(p, r, vf_set1(1.6666665459e-1f));
-    p = vf_fma(p, r, vf_set1(5.0000001201e-1f));
-    p = vf_fma(p, r, vf_set1(1.0f)); /* 1 + r*(...) rounded once: 0.89 ulp at most */
-    p = vf_fma(p, r, vf_set1(1.0f));
-    return vf_keep(live, vf_scale2(p, k));
+    vf k[QK_G], p[QK_G];
+    for (int j = 0; j < n; j++)
+        k[j] = vf_round(x[j] * vf_set1(1.44269504088896341f));
+    for (int j = 0; j < n; j++)
+        x[j] = vf_fma(k[j], vf_set1(-0.693359375f), x[j]);
+    for (int j = 0; j < n; j++)
+        x[j] = vf_fma(k[j], vf_set1(2.12194440e-4f), x[j]);
+    for (int j = 0; j < n; j++)
+        p[j] = vf_fma(vf_set1(1.3814613e-3f), x[j], vf_set1(8.3687100e-3f));
+    for (int j = 0; j < n; j++)
+        p[j] = vf_fma(p[j], x[j], vf_set1(4.1668387e-2f));
+    for (int j = 0; j < n; j++)
+        p[j] = vf_fma(p[j], x[j], vf_set1(1.6666521e-1f));
+    for (int j = 0; j < n; j++)
+        p[j] = vf_fma(p[j], x[j], vf_set1(4.9999994e-1f));
+    for (int j = 0; j < n; j++)
+        p[j] = vf_fma(p[j], x[j], vf_set1(1.0f)); /* 1 + r*(...) rounded once */
+    for (int j = 0; j < n; j++)
+        p[j] = vf_fma(p[j], x[j], vf_set1(1.0f));
+    for (int j = 0; j < n; j++)
+        x[j] = vf_scale2(p[j], k[j]);
 }
 
-/* exp(x) in float64 to ~1e-14 relative, for the encoder, whose header must
- * be llama.cpp's to the bit: rounded to float32 it is the correctly rounded
- * expf (glibc's, in all but rare cases). Inputs below -708 give ~1e-308,
- * which rounds to float32 0 as expf's result would. */
-QK_INLINE vd vd_exp(vd x)
+/* exp of n vectors for any x <= 88. Below -87.3 (and at -inf) it gives
+ * e^-87.3 = 1.2e-38, a term that cannot move a float64 sum but is never 0,
+ * so p * (+inf) stays +inf; NaN gives NaN, so that a NaN logit turns the sum
+ * it feeds into NaN. */
+QK_INLINE void vf_exp_n(vf *x, int n)
 {
-    x = vd_max(x, vd_set1(-708.0));
-    const vd k = vd_round(x * vd_set1(1.4426950408889634));
-    vd r = vd_fma(k, vd_set1(-6.93147180369123816490e-01), x);
-    r = vd_fma(k, vd_set1(-1.90821492927058770002e-10), r);
-    /* Taylor to degree 11 on |r| <= ln2/2 (remainder < 7e-15), by Estrin's
-     * scheme: a dependency chain of 5 instead of Horner's 11. */
-    const vd r2 = r * r, r4 = r2 * r2, r8 = r4 * r4;
-#define QK_PAIR(a, b) vd_fma(vd_set1(b), r, vd_set1(a))
-    const vd a0 = QK_PAIR(1.0, 1.0), a1 = QK_PAIR(1.0 / 2, 1.0 / 6),
-             a2 = QK_PAIR(1.0 / 24, 1.0 / 120), a3 = QK_PAIR(1.0 / 720, 1.0 / 5040),
-             a4 = QK_PAIR(1.0 / 40320, 1.0 / 362880), a5 = QK_PAIR(1.0 / 3628800, 1.0 / 39916800);
-#undef QK_PAIR
-    const vd b0 = vd_fma(a1, r2, a0), b1 = vd_fma(a3, r2, a2), b2 = vd_fma(a5, r2, a4);
-    return vd_scale2(vd_fma(b2, r8, vd_fma(b1, r4, b0)), k);
+    for (int j = 0; j < n; j++)
+        x[j] = vf_max(vf_set1(-87.3365402f), x[j]);
+    vf_exp_in_range_n(x, n);
+}
+
+/* exp of n float64 vectors in place, to ~1e-15 relative (Taylor to degree
+ * 11 on |r| <= ln2/2, remainder < 7e-15, by Horner with the n chains
+ * interleaved). Inputs below -708 give ~1e-308. For masses a clipped tail is
+ * derived from, and for the encoder, whose header must be llama.cpp's to the
+ * bit: rounded to float32 it is the correctly rounded expf (glibc's, in all
+ * but rare cases). */
+QK_INLINE void vd_exp_n(vd *x, int n)
+{
+    static const double taylor[12] = {1.0 / 39916800, 1.0 / 3628800, 1.0 / 362880, 1.0 / 40320,
+                                      1.0 / 5040,     1.0 / 720,     1.0 / 120,    1.0 / 24,
+                                      1.0 / 6,        1.0 / 2,       1.0,          1.0};
+    vd k[2 * QK_G], p[2 * QK_G];
+    for (int j = 0; j < n; j++) {
+        x[j] = vd_max(vd_set1(-708.0), x[j]);
+        k[j] = vd_round(x[j] * vd_set1(1.4426950408889634));
+    }
+    for (int j = 0; j < n; j++)
+        x[j] = vd_fma(k[j], vd_set1(-6.93147180369123816490e-01), x[j]);
+    for (int j = 0; j < n; j++)
+        x[j] = vd_fma(k[j], vd_set1(-1.90821492927058770002e-10), x[j]);
+    for (int j = 0; j < n; j++)
+        p[j] = vd_set1(taylor[0]);
+    for (int d = 1; d < 12; d++)
+        for (int j = 0; j < n; j++)
+            p[j] = vd_fma(p[j], x[j], vd_set1(taylor[d]));
+    for (int j = 0; j < n; j++)
+        x[j] = vd_scale2(p[j], k[j]);
 }
 
 /* --- loads ------------------------------------------------------------------- */
@@ -101,47 +136,126 @@ QK_INLINE vf load_logits(const void *row, int dt, ptrdiff_t stride, int64_t i)
     return vf_load_f32(v);
 }
 
-/* The last n < QK_W logits of a row; lanes past the end read -inf, which no
- * max, exp or top-k takes. */
-QK_INLINE vf load_logits_tail(const void *row, int dt, ptrdiff_t stride, int64_t i, int n)
+/* One step's QK_G vectors of logits from entry i, and which of their lanes
+ * hold entries of the row [.., e): lanes past the end read -inf, which no
+ * max, exp or top-k takes. full: the caller knows every lane is in. */
+QK_INLINE void load_logits_g(vf *v, vmask *valid, const void *row, int dt, ptrdiff_t st,
+                             int64_t i, int64_t e, int full)
 {
-    float v[QK_W];
-    for (int l = 0; l < QK_W; l++)
-        v[l] = l < n ? qk_logit_at(row, dt, stride, i + l) : -INFINITY;
-    return vf_load_f32(v);
+    for (int j = 0; j < QK_G; j++) {
+        const int64_t at = i + (int64_t)j * QK_W;
+        if (full || at + QK_W <= e) {
+            v[j] = load_logits(row, dt, st, at);
+            valid[j] = vm_all();
+            continue;
+        }
+        float buf[QK_W];
+        for (int l = 0; l < QK_W; l++)
+            buf[l] = at + l < e ? qk_logit_at(row, dt, st, at + l) : -INFINITY;
+        v[j] = vf_load_f32(buf);
+        valid[j] = at < e ? vm_first((int)(e - at)) : vm_none();
+    }
 }
 
-/* Codes i .. i+QK_W-1 of a llama row, as float32 (exact). */
-QK_INLINE vf load_codes(const uint16_t *row, int64_t i)
+/* The same for a llama row's codes, as float32 (exact); codes past the end
+ * read 0. */
+QK_INLINE void load_codes_g(vf *c, const uint16_t *row, int64_t i, int64_t e, int full)
 {
-    return vf_load_u16((const unsigned char *)row + 8 + 2 * i);
+    for (int j = 0; j < QK_G; j++) {
+        const int64_t at = i + (int64_t)j * QK_W;
+        if (full || at + QK_W <= e) {
+            c[j] = vf_load_u16((const unsigned char *)row + 8 + 2 * at);
+            continue;
+        }
+        float buf[QK_W];
+        for (int l = 0; l < QK_W; l++)
+            buf[l] = at + l < e ? (float)qk_code(row, at + l) : 0.0f;
+        c[j] = vf_load_f32(buf);
+    }
 }
 
-QK_INLINE vf load_codes_tail(const uint16_t *row, int64_t i, int n)
+QK_INLINE void valid_g(vmask *valid, int64_t i, int64_t e, int full)
 {
-    float v[QK_W];
-    for (int l = 0; l < QK_W; l++)
-        v[l] = l < n ? (float)qk_code(row, i + l) : 0.0f;
-    return vf_load_f32(v);
+    for (int j = 0; j < QK_G; j++) {
+        const int64_t at = i + (int64_t)j * QK_W;
+        valid[j] = full || at + QK_W <= e ? vm_all() : at < e ? vm_first((int)(e - at)) : vm_none();
+    }
 }
 
-QK_INLINE void prefetch(const void *base, int64_t byte_offset)
+/* The QK_SPAN entries a step reads from memory, QK_PREFETCH bytes ahead. */
+QK_INLINE void prefetch_span(const void *base, int64_t byte_offset, int64_t bytes)
 {
-    __builtin_prefetch((const char *)base + byte_offset + QK_PREFETCH);
+    for (int64_t b = 0; b < bytes; b += 64)
+        __builtin_prefetch((const char *)base + byte_offset + b + QK_PREFETCH);
 }
 
 QK_INLINE int count(vmask m) { return __builtin_popcount(vm_bits(m)); }
 
 QK_INLINE vd widened_sum(vd lo, vd hi) { return lo + hi; }
 
-/* Adds exp(lp) of the lanes in m, in float64. A clipped tail's log p is
- * log((1 - mass) / n): when the mass is near 1 that is ill-conditioned, so
- * the masses it comes from are summed from float64 exps. */
+/* A step's float32 vectors of terms added into float64 sums: pairs added in
+ * float32 first (one rounding relative to the terms themselves, which are
+ * small exactly when the KLD is), then widened, for widening is a third of
+ * a kernel's work. */
+QK_INLINE void add_terms_g(vd *lo, vd *hi, const vf *t)
+{
+    vd l = vd_set1(0.0), h = l;
+    for (int j = 0; j < QK_G; j += 2) {
+        const vf a = t[j] + t[j + 1];
+        l += vf_lo_pd(a);
+        h += vf_hi_pd(a);
+    }
+    *lo += l;
+    *hi += h;
+}
+
+/* float32 values widened each on its own: sums whose precision the
+ * normaliser needs (summing float32 partials would move log-sum-exp by
+ * ~1e-7). */
+QK_INLINE void add_each_g(vd *lo, vd *hi, const vf *e)
+{
+    vd l = vd_set1(0.0), h = l;
+    for (int j = 0; j < QK_G; j++) {
+        l += vf_lo_pd(e[j]);
+        h += vf_hi_pd(e[j]);
+    }
+    *lo += l;
+    *hi += h;
+}
+
+QK_INLINE vf sum_g(const vf *v)
+{
+    vf s = v[0];
+    for (int j = 1; j < QK_G; j++)
+        s = s + v[j];
+    return s;
+}
+
+QK_INLINE vf max_g(const vf *v)
+{
+    vf m = v[0];
+    for (int j = 1; j < QK_G; j++)
+        m = vf_max(v[j], m);
+    return m;
+}
+
+/* --- masses a clipped tail's log p comes from ------------------------------- */
+
+/* Adds exp(lp) of the lanes in m, from float64 exps. A clipped tail's log p
+ * is log((1 - mass) / n), ill-conditioned when the mass is near 1. */
 QK_INLINE void add_mass64(vd *lo, vd *hi, vmask m, vf lp)
 {
-    *lo += vd_keep_lo(m, vd_exp(vf_lo_pd(lp)));
-    *hi += vd_keep_hi(m, vd_exp(vf_hi_pd(lp)));
+    vd x[2] = {vf_lo_pd(lp), vf_hi_pd(lp)};
+    vd_exp_n(x, 2);
+    *lo += vd_keep_lo(m, x[0]);
+    *hi += vd_keep_hi(m, x[1]);
 }
+
+/* A mass summed from float32 exps where every lane is below -6 (p <
+ * 0.0025; steps holding a larger one take add_mass64, and a row has at most
+ * 400 such entries): each exp is within 0.88 ulp and unbiased, so the sum
+ * stays within QK_MASS_ERR of the float64 one (4 standard deviations). */
+#define QK_MASS_ERR 1e-8
 
 /* --- what a pass follows besides its sums ------------------------------------ */
 
@@ -179,60 +293,97 @@ QK_INLINE void topk_add(qk_topk *t, vf v, int64_t i, vmask valid)
             qk_topk_push(t, l[k], i + k);
 }
 
+/* Whether a block whose largest value is m can change the top-k list: after
+ * the first blocks almost none can, and the block is not looked at again. */
+QK_INLINE int topk_wants(const qk_topk *t, float m)
+{
+    return t->n < QK_TOPK_MAX || m > t->val[QK_TOPK_MAX - 1];
+}
+
+
+QK_INLINE int64_t block_end(int64_t b, int64_t n) { return b + QK_BLOCK < n ? b + QK_BLOCK : n; }
+
 /* --- pass 1: a float side's normaliser -------------------------------------- */
 
-/* max and sum of exp(v - max); the float32 exps are widened and summed in
- * float64 (float32 partial sums would move log-sum-exp by ~1e-7). */
+/* max and sum of exp(v - max), the float32 exps widened each on its own. A
+ * NaN logit makes the sum NaN and +inf makes the max +inf: no per-entry
+ * check. */
 typedef struct {
     float max;
     vd lo, hi;
-    vmask bad; /* lanes that met NaN or +inf */
 } norm;
 
 QK_INLINE void norm_init(norm *s)
 {
     s->max = -INFINITY;
     s->lo = s->hi = vd_set1(0.0);
-    s->bad = vm_none();
 }
 
 /* log of the sum, relative to max */
 QK_INLINE double norm_lse(const norm *s) { return log(vd_hsum(widened_sum(s->lo, s->hi))); }
 
-QK_INLINE void norm_scan(norm *s, vf *m, vf v, int64_t i, vmask valid, qk_topk *tk, argmax *am)
+/* The side's status bits: NaN or +inf seen, or no finite logit at all. */
+QK_INLINE int32_t norm_status(const norm *s, double lse, int32_t nonfinite_bit, int32_t empty_bit)
 {
-    *m = vf_max(v, *m);
-    s->bad = vm_or(s->bad, vf_not_lt(v, vf_set1(INFINITY)));
-    if (tk)
-        topk_add(tk, v, i, valid);
-    if (am)
-        argmax_add(am, v, i, valid);
+    return qk_side_status(s->max == INFINITY || isnan(lse), s->max, nonfinite_bit, empty_bit);
 }
 
-QK_INLINE void norm_add(norm *s, vf v, vf max)
+QK_INLINE void norm_add_g(norm *s, vf *v, vf max)
 {
-    const vf e = vf_exp(v - max);
-    s->lo += vf_lo_pd(e);
-    s->hi += vf_hi_pd(e);
+    for (int j = 0; j < QK_G; j++)
+        v[j] = v[j] - max;
+    vf_exp_n(v, QK_G);
+    add_each_g(&s->lo, &s->hi, v);
 }
 
-/* Entries [b, e) of a float side: the block's max and whatever else is
- * followed (from memory), then its exps against the running max (from L1). */
+/* Top-k list or argmax over [b, e), one vector at a time (rare: only for
+ * blocks that can change them). */
+QK_INLINE void follow_block(const void *row, int dt, ptrdiff_t st, int64_t b, int64_t e,
+                            qk_topk *tk, argmax *am)
+{
+    for (int64_t i = b; i < e; i += QK_W) {
+        vf v[QK_G];
+        vmask valid[QK_G];
+        load_logits_g(v, valid, row, dt, st, i, e, 0); /* only v[0] is used */
+        if (tk)
+            topk_add(tk, v[0], i, valid[0]);
+        if (am)
+            argmax_add(am, v[0], i, valid[0]);
+    }
+}
+
+/* Entries [b, e) of a float side: the block's max (from memory), then, from
+ * L1, when the block can change them, the top-k list or argmax, and unless
+ * only the max is wanted (max_only), its exps against the running max. */
 QK_INLINE void norm_block(norm *s, const void *row, int dt, ptrdiff_t st, int64_t b, int64_t e,
-                          qk_topk *tk, argmax *am)
+                          qk_topk *tk, argmax *am, int max_only)
 {
     const int64_t size = dt == QK_F32 ? 4 : 2;
-    vf m = vf_set1(-INFINITY);
+    vf m[QK_G];
+    for (int j = 0; j < QK_G; j++)
+        m[j] = vf_set1(-INFINITY);
     int64_t i = b;
-    for (; i + QK_W <= e; i += QK_W) {
-        if (st == 1)
-            prefetch(row, size * i);
-        norm_scan(s, &m, load_logits(row, dt, st, i), i, vm_all(), tk, am);
+    for (; i < e; i += QK_SPAN) {
+        vf v[QK_G];
+        vmask valid[QK_G];
+        const int full = i + QK_SPAN <= e;
+        if (full) {
+            if (st == 1)
+                prefetch_span(row, size * i, size * QK_SPAN);
+            load_logits_g(v, valid, row, dt, st, i, e, 1);
+        } else {
+            load_logits_g(v, valid, row, dt, st, i, e, 0);
+        }
+        for (int j = 0; j < QK_G; j++)
+            m[j] = vf_max(v[j], m[j]);
     }
-    if (i < e)
-        norm_scan(s, &m, load_logits_tail(row, dt, st, i, (int)(e - i)), i, vm_first((int)(e - i)),
-                  tk, am);
-    const float bm = vf_hmax(m);
+    const float bm = vf_hmax(max_g(m));
+    if ((tk && topk_wants(tk, bm)) || (am && bm > am->best))
+        follow_block(row, dt, st, b, e, tk, am);
+    if (max_only) {
+        s->max = bm > s->max ? bm : s->max;
+        return;
+    }
     if (bm > s->max) {
         if (s->max > -INFINITY) {
             const vd f = vd_set1(exp((double)s->max - (double)bm));
@@ -244,61 +395,117 @@ QK_INLINE void norm_block(norm *s, const void *row, int dt, ptrdiff_t st, int64_
     if (s->max == -INFINITY)
         return;
     const vf max = vf_set1(s->max);
-    for (i = b; i + QK_W <= e; i += QK_W)
-        norm_add(s, load_logits(row, dt, st, i), max);
-    if (i < e)
-        norm_add(s, load_logits_tail(row, dt, st, i, (int)(e - i)), max);
+    for (i = b; i + QK_SPAN <= e; i += QK_SPAN) {
+        vf v[QK_G];
+        vmask valid[QK_G];
+        load_logits_g(v, valid, row, dt, st, i, e, 1);
+        norm_add_g(s, v, max);
+    }
+    if (i < e) { /* lanes past the end give e^-87 each: nothing */
+        vf v[QK_G];
+        vmask valid[QK_G];
+        load_logits_g(v, valid, row, dt, st, i, e, 0);
+        norm_add_g(s, v, max);
+    }
 }
 
-QK_INLINE int64_t block_end(int64_t b, int64_t n) { return b + QK_BLOCK < n ? b + QK_BLOCK : n; }
-
 /* --- llama row x logits ---------------------------------------------------- */
+
+QK_INLINE vf decode(vf c, vf scale, vf min_log_prob)
+{
+    return c * scale + min_log_prob; /* llama.cpp's float32 decode, never fused */
+}
 
 typedef struct {
     vf scale, min_log_prob, cut, zero, ninf, ymax, lse_hi;
 } llama_logits_consts;
 
 typedef struct {
-    vd t_lo, t_hi; /* kept base entries: p * ((lp - (y - Y)) + lse_hi) */
-    vd p_lo, p_hi; /* kept base entries: p (exact mode: float64 exps, for the tail) */
-    vd y_lo, y_hi; /* exact mode, tail entries (code 0, y finite): y - Y */
+    vd t_lo, t_hi;   /* kept base entries: p * ((lp - (y - Y)) + lse_hi) */
+    vf p32;          /* llama mode, kept base entries: p (it only scales lse's float32
+                        rounding, < 5e-7: float32 sums are ample) */
+    vd p_lo, p_hi;   /* exact mode, kept base entries: p from float64 exps, for the tail */
+    vd y_lo, y_hi;   /* exact mode, tail entries (code 0, y finite): y - Y */
     int64_t tail_n;
-    vmask inf;     /* kept base entries where y is -inf: the KL is infinite */
-    argmax top;    /* the base's largest decoded log p */
+    vmask inf;       /* exact mode, kept base entries where y is -inf: the KL is infinite */
+    vf lp_max;       /* the block's largest decoded log p, for the argmax */
 } llama_logits_sums;
 
+/* Everything that needs y is taken before the exps, so that y is dead while
+ * they run: four exp chains need most of the registers. */
 QK_INLINE void llama_logits_step(llama_logits_sums *s, const llama_logits_consts *k, int exact,
-                                 vf c, vf y, int64_t i, vmask valid)
+                                 const vf *c, const vf *y, const vmask *valid)
 {
-    const vf lp = c * k->scale + k->min_log_prob; /* llama.cpp's float32 decode */
-    argmax_add(&s->top, lp, i, valid);
-    const vf yr = y - k->ymax;
-    const vmask finite_y = vf_gt(y, k->ninf);
-    vmask keep;
-    if (exact) {
-        keep = vm_and(valid, vf_gt(c, k->zero));
-        const vmask tail = vm_andnot(vm_and(valid, finite_y), keep);
-        s->tail_n += count(tail);
-        const vf ty = vf_keep(tail, yr);
-        s->y_lo += vf_lo_pd(ty);
-        s->y_hi += vf_hi_pd(ty);
-    } else {
-        keep = vm_and(valid, vf_gt(lp, k->cut));
+    vf lp[QK_G], d[QK_G], t[QK_G];
+    vmask keep[QK_G];
+    for (int j = 0; j < QK_G; j++) {
+        lp[j] = decode(c[j], k->scale, k->min_log_prob);
+        d[j] = (lp[j] - (y[j] - k->ymax)) + k->lse_hi;
     }
-    if (!vm_bits(keep))
+    s->lp_max = vf_max(max_g(lp), s->lp_max); /* lanes past the end: the row's minimum */
+    if (exact) {
+        for (int j = 0; j < QK_G; j++) {
+            const vmask finite_y = vf_gt(y[j], k->ninf), code = vf_gt(c[j], k->zero);
+            const vmask tail = vm_andnot(vm_and(valid[j], finite_y), code);
+            s->tail_n += count(tail);
+            const vf ty = vf_keep(tail, y[j] - k->ymax);
+            s->y_lo += vf_lo_pd(ty);
+            s->y_hi += vf_hi_pd(ty);
+            s->inf = vm_or(s->inf, vm_andnot(vm_and(valid[j], code), finite_y));
+            add_mass64(&s->p_lo, &s->p_hi, vm_and(valid[j], code), lp[j]);
+            /* p may underflow here, and 0 * inf must not make a NaN */
+            keep[j] = vm_and(vm_and(valid[j], code), finite_y);
+        }
+        vf_exp_n(lp, QK_G);
+    } else {
+        vmask any = vm_none();
+        for (int j = 0; j < QK_G; j++) {
+            keep[j] = vm_and(valid[j], vf_gt(lp[j], k->cut));
+            any = vm_or(any, keep[j]);
+        }
+        if (!vm_bits(any)) /* peaked rows: most steps keep nothing */
+            return;
+        /* lp > -16: p > 0, so a -inf logit turns its term into +inf */
+        vf_exp_in_range_n(lp, QK_G);
+        vf pk[QK_G];
+        for (int j = 0; j < QK_G; j++)
+            pk[j] = vf_keep(keep[j], lp[j]);
+        s->p32 = s->p32 + sum_g(pk);
+    }
+    for (int j = 0; j < QK_G; j++) /* lp[j] is p now */
+        t[j] = vf_keep(keep[j], lp[j] * d[j]);
+    add_terms_g(&s->t_lo, &s->t_hi, t);
+}
+
+/* First index of the largest decoded log p in [b, e), when the block's
+ * largest beats the best so far (rare after the first blocks). */
+QK_INLINE void llama_argmax_block(argmax *top, float block_max, const uint16_t *row, vf scale,
+                                  vf min_log_prob, int64_t b, int64_t e)
+{
+    if (!(block_max > top->best))
         return;
-    s->inf = vm_or(s->inf, vm_andnot(keep, finite_y));
-    const vf p = vf_exp(lp);
-    const vf t = vf_keep(vm_and(keep, finite_y), p * ((lp - yr) + k->lse_hi));
-    s->t_lo += vf_lo_pd(t);
-    s->t_hi += vf_hi_pd(t);
-    if (exact) {
-        add_mass64(&s->p_lo, &s->p_hi, keep, lp);
-    } else {
-        const vf pk = vf_keep(keep, p);
-        s->p_lo += vf_lo_pd(pk);
-        s->p_hi += vf_hi_pd(pk);
+    for (int64_t i = b; i < e; i += QK_W) {
+        vf c[QK_G];
+        vmask valid[QK_G];
+        load_codes_g(c, row, i, e, 0); /* only c[0] is used */
+        valid_g(valid, i, e, 0);
+        argmax_add(top, decode(c[0], scale, min_log_prob), i, valid[0]);
     }
+}
+
+/* Sum of exp(log p) over a llama row's code > 0 entries, all from float64
+ * exps: for the rare rows where a clipped tail's log p is ill-conditioned. */
+QK_INLINE double mass64(const uint16_t *row, const qk_header *h, int64_t n)
+{
+    const vf scale = vf_set1(h->scale), minlp = vf_set1(h->min_log_prob), zero = vf_set1(0.0f);
+    vd lo = vd_set1(0.0), hi = lo;
+    for (int64_t i = 0; i < n; i += QK_SPAN) {
+        vf c[QK_G];
+        load_codes_g(c, row, i, n, 0); /* codes past the end read 0 */
+        for (int j = 0; j < QK_G; j++)
+            add_mass64(&lo, &hi, vf_gt(c[j], zero), decode(c[j], scale, minlp));
+    }
+    return vd_hsum(widened_sum(lo, hi));
 }
 
 QK_INLINE void llama_logits_row(const uint16_t *p_row, const void *q, int dt, ptrdiff_t st,
@@ -314,27 +521,42 @@ QK_INLINE void llama_logits_row(const uint16_t *p_row, const void *q, int dt, pt
     norm_init(&nq);
     qk_topk tq = {0};
     for (int64_t b = 0; b < n; b += QK_BLOCK)
-        norm_block(&nq, q, dt, st, b, block_end(b, n), &tq, NULL);
-    out->status = qk_side_status(vm_bits(nq.bad) != 0, nq.max, QK_Q_NONFINITE, QK_Q_EMPTY);
+        norm_block(&nq, q, dt, st, b, block_end(b, n), &tq, NULL, 0);
+    const double lse = norm_lse(&nq);
+    out->status = norm_status(&nq, lse, QK_Q_NONFINITE, QK_Q_EMPTY);
     if (out->status)
         return;
-    const double lse = norm_lse(&nq);
     const float lse_hi = (float)lse;
     const llama_logits_consts k = {vf_set1(h.scale), vf_set1(h.min_log_prob), vf_set1(-16.0f),
                                    vf_set1(0.0f), vf_set1(-INFINITY), vf_set1(nq.max),
                                    vf_set1(lse_hi)};
     const vd z = vd_set1(0.0);
-    llama_logits_sums s = {z, z, z, z, z, z, 0, vm_none(), {-INFINITY, 0}};
-    int64_t i = 0;
-    for (; i + QK_W <= n; i += QK_W) {
-        prefetch(p_row, 8 + 2 * i);
-        llama_logits_step(&s, &k, exact, load_codes(p_row, i), load_logits(q, dt, st, i), i,
-                          vm_all());
+    const vf zf = vf_set1(0.0f);
+    llama_logits_sums s = {z, z, zf, z, z, z, z, 0, vm_none(), zf};
+    argmax top = {-INFINITY, 0};
+    for (int64_t b = 0; b < n; b += QK_BLOCK) {
+        const int64_t e = block_end(b, n);
+        s.lp_max = vf_set1(-INFINITY);
+        int64_t i = b;
+        for (; i + QK_SPAN <= e; i += QK_SPAN) {
+            vf c[QK_G], y[QK_G];
+            vmask valid[QK_G];
+            prefetch_span(p_row, 8 + 2 * i, 2 * QK_SPAN);
+            load_codes_g(c, p_row, i, e, 1);
+            load_logits_g(y, valid, q, dt, st, i, e, 1);
+            llama_logits_step(&s, &k, exact, c, y, valid);
+        }
+        if (i < e) {
+            vf c[QK_G], y[QK_G];
+            vmask valid[QK_G];
+            load_codes_g(c, p_row, i, e, 0);
+            load_logits_g(y, valid, q, dt, st, i, e, 0);
+            llama_logits_step(&s, &k, exact, c, y, valid);
+        }
+        llama_argmax_block(&top, vf_hmax(s.lp_max), p_row, k.scale, k.min_log_prob, b, e);
     }
-    if (i < n)
-        llama_logits_step(&s, &k, exact, load_codes_tail(p_row, i, (int)(n - i)),
-                          load_logits_tail(q, dt, st, i, (int)(n - i)), i, vm_first((int)(n - i)));
-    const double sum_p = vd_hsum(widened_sum(s.p_lo, s.p_hi));
+    const double sum_p = exact ? vd_hsum(widened_sum(s.p_lo, s.p_hi))
+                               : vd_hsum(widened_sum(vf_lo_pd(s.p32), vf_hi_pd(s.p32)));
     double kld = vd_hsum(widened_sum(s.t_lo, s.t_hi)) + (lse - lse_hi) * sum_p;
     double c_tail = -INFINITY;
     if (s.tail_n > 0) {
@@ -350,9 +572,9 @@ QK_INLINE void llama_logits_row(const uint16_t *p_row, const void *q, int dt, pt
         out->nll_p = y_tok > -INFINITY ? -c_tail : INFINITY;
     else
         out->nll_p = -(double)qk_decode(&h, c_tok);
-    out->top_p = s.top.top;
+    out->top_p = top.top;
     out->top_q = tq.idx[0];
-    out->rank = qk_topk_rank(&tq, s.top.top);
+    out->rank = qk_topk_rank(&tq, top.top);
 }
 
 void QK_NAME(qk_score_llama_logits)(const uint16_t *p_row, const void *q, int q_dtype,
@@ -381,28 +603,51 @@ typedef struct {
 } logits_consts;
 
 typedef struct {
-    vd t_lo, t_hi; /* kept base entries: p~ * (((x - X) - (y - Y)) + dlse_hi) */
-    vd p_lo, p_hi; /* kept base entries: p~ = exp((x - X) - lsep_hi) */
-    vmask inf;     /* kept base entries where y is -inf */
+    vd t_lo, t_hi; /* llama: kept p~ * (((x - X) - (y - Y)) + dlse_hi); exact: e * ((x - X) - (y - Y)) */
+    vd e_lo, e_hi; /* exact mode: the base's normaliser, sum of e = exp(x - X) */
+    vf p32;        /* llama mode: kept p~ (it only scales float32 roundings of lse) */
 } logits_sums;
 
-QK_INLINE void logits_step(logits_sums *s, const logits_consts *k, int exact, vf x, vf y,
-                           vmask valid)
+/* llama mode: the cut needs the base's log-sum-exp, so pass 1 took both
+ * sides' and this is a third exp per entry: p~ = exp((x - X) - lsep_hi).
+ * exact mode: pass 1 took only the other side's normaliser and the base's
+ * max; the base's exps are taken here, for its normaliser and the terms
+ * alike: KL = sum e * ((x - X) - (y - Y)) / sum e - lse_p + lse_q. */
+QK_INLINE void logits_step(logits_sums *s, const logits_consts *k, int exact, const vf *x,
+                           const vf *y, const vmask *valid)
 {
-    const vf xr = x - k->xmax;
-    const vf lp = xr - k->lsep_hi;
-    const vmask keep = vm_and(valid, exact ? vf_gt(x, k->ninf) : vf_gt(lp, k->cut));
-    if (!vm_bits(keep))
-        return;
-    const vmask finite_y = vf_gt(y, k->ninf);
-    s->inf = vm_or(s->inf, vm_andnot(keep, finite_y));
-    const vf p = vf_exp(lp);
-    const vf t = vf_keep(vm_and(keep, finite_y), p * ((xr - (y - k->ymax)) + k->dlse_hi));
-    const vf pk = vf_keep(keep, p);
-    s->t_lo += vf_lo_pd(t);
-    s->t_hi += vf_hi_pd(t);
-    s->p_lo += vf_lo_pd(pk);
-    s->p_hi += vf_hi_pd(pk);
+    vf xr[QK_G], e[QK_G], t[QK_G];
+    vmask keep[QK_G];
+    for (int j = 0; j < QK_G; j++)
+        xr[j] = x[j] - k->xmax;
+    if (exact) {
+        for (int j = 0; j < QK_G; j++) {
+            keep[j] = vm_and(valid[j], vf_gt(x[j], k->ninf));
+            e[j] = xr[j];
+        }
+        vf_exp_n(e, QK_G); /* > 0 for every finite x: a -inf y makes the KL +inf */
+        add_each_g(&s->e_lo, &s->e_hi, e);
+        for (int j = 0; j < QK_G; j++)
+            t[j] = vf_keep(keep[j], e[j] * (xr[j] - (y[j] - k->ymax)));
+    } else {
+        vmask any = vm_none();
+        for (int j = 0; j < QK_G; j++) {
+            e[j] = xr[j] - k->lsep_hi;
+            keep[j] = vm_and(valid[j], vf_gt(e[j], k->cut));
+            any = vm_or(any, keep[j]);
+        }
+        if (!vm_bits(any))
+            return;
+        /* lp > -16: p~ > 0, so a -inf logit turns its term into +inf */
+        vf_exp_in_range_n(e, QK_G);
+        vf pk[QK_G];
+        for (int j = 0; j < QK_G; j++) {
+            pk[j] = vf_keep(keep[j], e[j]);
+            t[j] = vf_keep(keep[j], e[j] * ((xr[j] - (y[j] - k->ymax)) + k->dlse_hi));
+        }
+        s->p32 = s->p32 + sum_g(pk);
+    }
+    add_terms_g(&s->t_lo, &s->t_hi, t);
 }
 
 QK_INLINE void logits_logits_row(const void *p, int dp, ptrdiff_t sp, const void *q, int dq,
@@ -415,31 +660,51 @@ QK_INLINE void logits_logits_row(const void *p, int dp, ptrdiff_t sp, const void
     qk_topk tq = {0};
     argmax top = {-INFINITY, 0};
     for (int64_t b = 0; b < n; b += QK_BLOCK) {
-        norm_block(&np, p, dp, sp, b, block_end(b, n), NULL, &top);
-        norm_block(&nq, q, dq, sq, b, block_end(b, n), &tq, NULL);
+        norm_block(&np, p, dp, sp, b, block_end(b, n), NULL, &top, exact);
+        norm_block(&nq, q, dq, sq, b, block_end(b, n), &tq, NULL, 0);
     }
-    out->status = qk_side_status(vm_bits(np.bad) != 0, np.max, QK_P_NONFINITE, QK_P_EMPTY) |
-                  qk_side_status(vm_bits(nq.bad) != 0, nq.max, QK_Q_NONFINITE, QK_Q_EMPTY);
+    /* exact mode takes the base's exps (and meets its NaNs) only in pass 2 */
+    const double lse_q = norm_lse(&nq), lse_p1 = exact ? 0.0 : norm_lse(&np);
+    out->status = qk_side_status(np.max == INFINITY || isnan(lse_p1), np.max, QK_P_NONFINITE,
+                                 QK_P_EMPTY) |
+                  norm_status(&nq, lse_q, QK_Q_NONFINITE, QK_Q_EMPTY);
     if (out->status)
         return;
-    /* p~ and the terms use float32 parts of the two log-sum-exps; what those
-     * parts leave out is put back in float64 at the end. */
-    const double lse_p = norm_lse(&np), lse_q = norm_lse(&nq);
-    const float lsep_hi = (float)lse_p, dlse_hi = (float)(lse_q - lse_p);
-    const double lsep_lo = lse_p - lsep_hi, dlse_lo = (lse_q - lse_p) - dlse_hi;
+    /* llama mode: p~ and the terms use float32 parts of the two
+     * log-sum-exps; what those parts leave out is put back in float64. */
+    const float lsep_hi = (float)lse_p1, dlse_hi = (float)(lse_q - lse_p1);
     const logits_consts k = {vf_set1(np.max), vf_set1(nq.max), vf_set1(lsep_hi),
                              vf_set1(dlse_hi), vf_set1(-16.0f), vf_set1(-INFINITY)};
     const vd z = vd_set1(0.0);
-    logits_sums s = {z, z, z, z, vm_none()};
+    logits_sums s = {z, z, z, z, vf_set1(0.0f)};
     int64_t i = 0;
-    for (; i + QK_W <= n; i += QK_W)
-        logits_step(&s, &k, exact, load_logits(p, dp, sp, i), load_logits(q, dq, sq, i), vm_all());
-    if (i < n)
-        logits_step(&s, &k, exact, load_logits_tail(p, dp, sp, i, (int)(n - i)),
-                    load_logits_tail(q, dq, sq, i, (int)(n - i)), vm_first((int)(n - i)));
-    const double kld = exp(-lsep_lo) * (vd_hsum(widened_sum(s.t_lo, s.t_hi)) +
-                                        dlse_lo * vd_hsum(widened_sum(s.p_lo, s.p_hi)));
-    out->kld = vm_bits(s.inf) ? INFINITY : kld;
+    for (; i + QK_SPAN <= n; i += QK_SPAN) {
+        vf x[QK_G], y[QK_G];
+        vmask valid[QK_G];
+        load_logits_g(x, valid, p, dp, sp, i, n, 1);
+        load_logits_g(y, valid, q, dq, sq, i, n, 1);
+        logits_step(&s, &k, exact, x, y, valid);
+    }
+    if (i < n) {
+        vf x[QK_G], y[QK_G];
+        vmask valid[QK_G];
+        load_logits_g(x, valid, p, dp, sp, i, n, 0);
+        load_logits_g(y, valid, q, dq, sq, i, n, 0);
+        logits_step(&s, &k, exact, x, y, valid);
+    }
+    const double lse_p = exact ? log(vd_hsum(widened_sum(s.e_lo, s.e_hi))) : lse_p1;
+    if (isnan(lse_p)) {
+        out->status = QK_P_NONFINITE;
+        return;
+    }
+    const double t = vd_hsum(widened_sum(s.t_lo, s.t_hi));
+    if (exact) {
+        out->kld = t * exp(-lse_p) - lse_p + lse_q;
+    } else {
+        const double lsep_lo = lse_p - lsep_hi, dlse_lo = (lse_q - lse_p) - dlse_hi;
+        out->kld = exp(-lsep_lo) *
+                   (t + dlse_lo * vd_hsum(widened_sum(vf_lo_pd(s.p32), vf_hi_pd(s.p32))));
+    }
     out->nll_p = ((double)np.max + lse_p) - qk_logit_at(p, dp, sp, tok);
     out->nll_q = ((double)nq.max + lse_q) - qk_logit_at(q, dq, sq, tok);
     out->top_p = top.top;
@@ -474,7 +739,7 @@ void QK_NAME(qk_score_logits_logits)(const void *p, int p_dtype, ptrdiff_t p_str
 }
 #undef QK_LL_ROW
 
-/* --- llama row x llama row --------------------------------------------------- */
+/* --- llama row x llama row -------------------------------------------------- */
 
 typedef struct {
     vf sp, mp, sq, mq, cut, zero;
@@ -482,51 +747,104 @@ typedef struct {
 
 typedef struct {
     vd t_lo, t_hi;   /* kept base entries: p * (lp - lq), lq = Q's clip point on its code 0 */
-    vd p_lo, p_hi;   /* kept base entries: p (exact mode: float64 exps, for the tail) */
-    vd pq_lo, pq_hi; /* kept base entries on Q's code 0: p */
-    vd q_lo, q_hi;   /* Q's decoded mass: exp(lq) where its code > 0, float64 exps */
+    vf pq;           /* kept base entries on Q's code 0: p (it scales c_q - clip <= 16) */
+    vd q_lo, q_hi;   /* Q's decoded mass: exp(lq) where its code > 0 (add_mass) */
+    vd p_lo, p_hi;   /* exact mode, kept base entries: p from float64 exps, for the tail */
     vd l_lo, l_hi;   /* exact mode, base code 0 on Q's code > 0: lq */
     int64_t q_tail_n, p_tail_n, p_tail_on_q_tail;
-    argmax top;      /* the base's largest decoded log p */
-    qk_topk tq;      /* Q's largest decoded log q */
+    vf lp_max, lq_max; /* the block's largest decoded log p and log q */
 } llama_llama_sums;
 
 QK_INLINE void llama_llama_step(llama_llama_sums *s, const llama_llama_consts *k, int exact,
-                                vf cp, vf cq, int64_t i, vmask valid)
+                                const vf *cp, const vf *cq, const vmask *valid)
 {
-    const vf lp = cp * k->sp + k->mp, lq = cq * k->sq + k->mq; /* llama.cpp's decode */
-    argmax_add(&s->top, lp, i, valid);
-    topk_add(&s->tq, lq, i, valid);
-    const vmask q_live = vm_and(valid, vf_gt(cq, k->zero));
-    s->q_tail_n += count(valid) - count(q_live);
-    add_mass64(&s->q_lo, &s->q_hi, q_live, lq);
-    vmask keep;
+    vf lp[QK_G], lq[QK_G], eq[QK_G], d[QK_G], t[QK_G], pq[QK_G];
+    vmask q_live[QK_G], keep[QK_G], big = vm_none();
+    for (int j = 0; j < QK_G; j++) {
+        lp[j] = decode(cp[j], k->sp, k->mp);
+        lq[j] = decode(cq[j], k->sq, k->mq);
+        q_live[j] = vm_and(valid[j], vf_gt(cq[j], k->zero));
+        s->q_tail_n += count(valid[j]) - count(q_live[j]);
+        big = vm_or(big, vm_and(q_live[j], vf_gt(lq[j], vf_set1(-6.0f))));
+        /* Q's code-0 entries take its clip point here and their own log q
+         * (the tail's, known only at the end) through a float64 correction:
+         * the terms stay small when P and Q are alike. */
+        d[j] = lp[j] - vf_select(q_live[j], lq[j], k->mq);
+        eq[j] = lq[j];
+    }
+    s->lp_max = vf_max(max_g(lp), s->lp_max);
+    s->lq_max = vf_max(max_g(lq), s->lq_max);
     if (exact) {
-        keep = vm_and(valid, vf_gt(cp, k->zero));
-        const vmask tail = vm_andnot(valid, keep);
-        s->p_tail_n += count(tail);
-        s->p_tail_on_q_tail += count(vm_andnot(tail, q_live));
-        const vf l = vf_keep(vm_and(tail, q_live), lq);
-        s->l_lo += vf_lo_pd(l);
-        s->l_hi += vf_hi_pd(l);
+        for (int j = 0; j < QK_G; j++) {
+            keep[j] = vm_and(valid[j], vf_gt(cp[j], k->zero));
+            const vmask tail = vm_andnot(valid[j], keep[j]);
+            s->p_tail_n += count(tail);
+            s->p_tail_on_q_tail += count(vm_andnot(tail, q_live[j]));
+            const vf l = vf_keep(vm_and(tail, q_live[j]), lq[j]);
+            s->l_lo += vf_lo_pd(l);
+            s->l_hi += vf_hi_pd(l);
+            add_mass64(&s->p_lo, &s->p_hi, keep[j], lp[j]);
+        }
+    }
+    /* Q's mass (add_mass, for a whole step: a lane above -6 sends the four
+     * vectors to float64 exps) */
+    if (vm_bits(big)) {
+        for (int j = 0; j < QK_G; j++)
+            add_mass64(&s->q_lo, &s->q_hi, q_live[j], lq[j]);
     } else {
-        keep = vm_and(valid, vf_gt(lp, k->cut));
+        vf_exp_n(eq, QK_G);
+        for (int j = 0; j < QK_G; j++)
+            eq[j] = vf_keep(q_live[j], eq[j]);
+        add_each_g(&s->q_lo, &s->q_hi, eq);
     }
-    if (!vm_bits(keep))
-        return;
-    /* Q's code-0 entries take its clip point here and their own log q (the
-     * tail's, known only at the end) through a float64 correction: the
-     * terms stay small when P and Q are alike. */
-    const vf p = vf_keep(keep, vf_exp(lp));
-    const vf t = p * (lp - vf_select(q_live, lq, k->mq));
-    const vf pq = vf_keep(vm_andnot(keep, q_live), p);
-    s->t_lo += vf_lo_pd(t);
-    s->t_hi += vf_hi_pd(t);
-    s->pq_lo += vf_lo_pd(pq);
-    s->pq_hi += vf_hi_pd(pq);
     if (exact) {
-        add_mass64(&s->p_lo, &s->p_hi, keep, lp);
+        vf_exp_n(lp, QK_G);
+    } else {
+        vmask any = vm_none();
+        for (int j = 0; j < QK_G; j++) {
+            keep[j] = vm_and(valid[j], vf_gt(lp[j], k->cut));
+            any = vm_or(any, keep[j]);
+        }
+        if (!vm_bits(any))
+            return;
+        vf_exp_in_range_n(lp, QK_G);
     }
+    for (int j = 0; j < QK_G; j++) { /* lp[j] is p now */
+        const vf p = vf_keep(keep[j], lp[j]);
+        t[j] = p * d[j];
+        pq[j] = vf_keep(vm_andnot(keep[j], q_live[j]), p);
+    }
+    add_terms_g(&s->t_lo, &s->t_hi, t);
+    s->pq = s->pq + sum_g(pq);
+}
+
+/* Q's top-k over [b, e), when the block can change it. */
+QK_INLINE void llama_topk_block(qk_topk *tq, float block_max, const uint16_t *row, vf scale,
+                                vf min_log_prob, int64_t b, int64_t e)
+{
+    if (!topk_wants(tq, block_max))
+        return;
+    for (int64_t i = b; i < e; i += QK_W) {
+        vf c[QK_G];
+        vmask valid[QK_G];
+        load_codes_g(c, row, i, e, 0); /* only c[0] is used */
+        valid_g(valid, i, e, 0);
+        topk_add(tq, decode(c[0], scale, min_log_prob), i, valid[0]);
+    }
+}
+
+/* How far a tail log p from a mass within QK_MASS_ERR of the float64 one
+ * may sit from the tail log p of that float64 mass (0 where the clamp holds
+ * it whatever the mass, +inf where 1 - mass may be 0 or below). */
+static inline double tail_error(double mass, double n, double min_log_prob)
+{
+    const double left = 1.0 - mass;
+    if (left <= QK_MASS_ERR)
+        return INFINITY;
+    if (log((left - QK_MASS_ERR) / n) >= min_log_prob ||
+        log((left + QK_MASS_ERR) / n) <= min_log_prob - 16.0)
+        return 0.0;
+    return log((left + QK_MASS_ERR) / (left - QK_MASS_ERR));
 }
 
 QK_INLINE void llama_llama_row(const uint16_t *p_row, const uint16_t *q_row, int64_t n, int64_t tok,
@@ -543,36 +861,71 @@ QK_INLINE void llama_llama_row(const uint16_t *p_row, const uint16_t *q_row, int
     const llama_llama_consts k = {vf_set1(hp.scale), vf_set1(hp.min_log_prob), vf_set1(hq.scale),
                                   vf_set1(hq.min_log_prob), vf_set1(-16.0f), vf_set1(0.0f)};
     const vd z = vd_set1(0.0);
-    llama_llama_sums s = {z, z, z, z, z, z, z, z, z, z, 0, 0, 0, {-INFINITY, 0}, {0}};
-    int64_t i = 0;
-    for (; i + QK_W <= n; i += QK_W) {
-        prefetch(p_row, 8 + 2 * i);
-        prefetch(q_row, 8 + 2 * i);
-        llama_llama_step(&s, &k, exact, load_codes(p_row, i), load_codes(q_row, i), i, vm_all());
+    const vf zf = vf_set1(0.0f);
+    llama_llama_sums s = {z, z, zf, z, z, z, z, z, z, 0, 0, 0, zf, zf};
+    argmax top = {-INFINITY, 0};
+    qk_topk tq = {0};
+    for (int64_t b = 0; b < n; b += QK_BLOCK) {
+        const int64_t e = block_end(b, n);
+        s.lp_max = s.lq_max = vf_set1(-INFINITY);
+        int64_t i = b;
+        for (; i + QK_SPAN <= e; i += QK_SPAN) {
+            vf cp[QK_G], cq[QK_G];
+            vmask valid[QK_G];
+            prefetch_span(p_row, 8 + 2 * i, 2 * QK_SPAN);
+            prefetch_span(q_row, 8 + 2 * i, 2 * QK_SPAN);
+            load_codes_g(cp, p_row, i, e, 1);
+            load_codes_g(cq, q_row, i, e, 1);
+            valid_g(valid, i, e, 1);
+            llama_llama_step(&s, &k, exact, cp, cq, valid);
+        }
+        if (i < e) {
+            vf cp[QK_G], cq[QK_G];
+            vmask valid[QK_G];
+            load_codes_g(cp, p_row, i, e, 0);
+            load_codes_g(cq, q_row, i, e, 0);
+            valid_g(valid, i, e, 0);
+            llama_llama_step(&s, &k, exact, cp, cq, valid);
+        }
+        llama_argmax_block(&top, vf_hmax(s.lp_max), p_row, k.sp, k.mp, b, e);
+        llama_topk_block(&tq, vf_hmax(s.lq_max), q_row, k.sq, k.mq, b, e);
     }
-    if (i < n)
-        llama_llama_step(&s, &k, exact, load_codes_tail(p_row, i, (int)(n - i)),
-                         load_codes_tail(q_row, i, (int)(n - i)), i, vm_first((int)(n - i)));
-    const double q_mass = vd_hsum(widened_sum(s.q_lo, s.q_hi));
-    const double c_q = s.q_tail_n > 0 ? qk_tail_log_prob(1.0 - q_mass, (double)s.q_tail_n,
-                                                         hq.min_log_prob) : 0.0;
-    double kld = vd_hsum(widened_sum(s.t_lo, s.t_hi)) -
-                 (c_q - hq.min_log_prob) * vd_hsum(widened_sum(s.pq_lo, s.pq_hi));
-    double c_p = 0.0;
+    const double q_n = (double)s.q_tail_n, mq = hq.min_log_prob;
+    const double s_t = vd_hsum(widened_sum(s.t_lo, s.t_hi));
+    const double s_pq = vd_hsum(widened_sum(vf_lo_pd(s.pq), vf_hi_pd(s.pq)));
+    double q_mass = vd_hsum(widened_sum(s.q_lo, s.q_hi));
+    double c_p = 0.0, w_p = 0.0; /* exact mode: the base's tail log p; its mass on Q's code 0 */
     if (s.p_tail_n > 0) {
         c_p = qk_tail_log_prob(1.0 - vd_hsum(widened_sum(s.p_lo, s.p_hi)), (double)s.p_tail_n,
                                hp.min_log_prob);
-        kld += exp(c_p) * ((double)s.p_tail_n * c_p - vd_hsum(widened_sum(s.l_lo, s.l_hi)) -
-                           (double)s.p_tail_on_q_tail * c_q);
+        w_p = exp(c_p) * (double)s.p_tail_on_q_tail;
     }
-    out->kld = kld;
     const uint16_t cp_tok = qk_code(p_row, tok), cq_tok = qk_code(q_row, tok);
+    double c_q = 0.0;
+    if (q_n > 0) {
+        /* Q's tail log p from the cheap mass, unless its error (through the
+         * base's mass on Q's code 0, or the token's own NLL) could reach a
+         * twentieth of what the contract allows: then from float64 exps. */
+        c_q = qk_tail_log_prob(1.0 - q_mass, q_n, mq);
+        const double err = tail_error(q_mass, q_n, mq);
+        const double kld_guess = fabs(s_t - (c_q - mq) * s_pq);
+        if (err * (s_pq + w_p) > 0.05 * (1e-7 + 1e-6 * kld_guess) ||
+            (cq_tok == 0 && err > 0.05 * (1e-7 + 1e-7 * fabs(c_q)))) {
+            q_mass = mass64(q_row, &hq, n);
+            c_q = qk_tail_log_prob(1.0 - q_mass, q_n, mq);
+        }
+    }
+    double kld = s_t - (c_q - mq) * s_pq;
+    if (s.p_tail_n > 0)
+        kld += exp(c_p) * ((double)s.p_tail_n * c_p - vd_hsum(widened_sum(s.l_lo, s.l_hi))) -
+               w_p * c_q;
+    out->kld = kld;
     out->nll_q = cq_tok ? -(double)qk_decode(&hq, cq_tok) : -c_q;
     /* llama mode: the base's NLL as llama.cpp decodes it, whatever Q is */
     out->nll_p = (cp_tok || !exact) ? -(double)qk_decode(&hp, cp_tok) : -c_p;
-    out->top_p = s.top.top;
-    out->top_q = s.tq.idx[0];
-    out->rank = qk_topk_rank(&s.tq, s.top.top);
+    out->top_p = top.top;
+    out->top_q = tq.idx[0];
+    out->rank = qk_topk_rank(&tq, top.top);
 }
 
 void QK_NAME(qk_score_llama_llama)(const uint16_t *p_row, const uint16_t *q_row, int64_t n_vocab,
@@ -589,49 +942,67 @@ void QK_NAME(qk_score_llama_llama)(const uint16_t *p_row, const uint16_t *q_row,
 /* float32 logits -> llama.cpp uint16 row (SPEC §2), byte for byte what
  * llama-perplexity --kl-divergence-base writes: llama.cpp's float32
  * arithmetic in its order, the codes rounded half to even, and each expf
- * term the correctly rounded float32 (vd_exp, rounded) summed in float64. */
-QK_INLINE void encode_codes(uint16_t *row, vf v, vf vmin, vf inv, int64_t i, int n)
+ * term the correctly rounded float32 (vd_exp_n, rounded) summed in float64. */
+QK_INLINE void encode_step(vd *sum, uint16_t *row, const vf *v, const vmask *valid, vf vmax,
+                           vf vmin, vf inv, int64_t i, int full)
 {
-    unsigned char *dst = (unsigned char *)row + 8 + 2 * i;
-    const vf c = inv * (v - vmin);
-    const vmask live = vf_gt(v, vmin);
-    if (n == QK_W) {
-        vf_store_u16(dst, c, live);
-        return;
+    vd d[2 * QK_G];
+    for (int j = 0; j < QK_G; j++) {
+        const vf x = v[j] - vmax;
+        d[2 * j] = vf_lo_pd(x);
+        d[2 * j + 1] = vf_hi_pd(x);
     }
-    uint16_t buf[QK_W];
-    vf_store_u16(buf, c, live);
-    memcpy(dst, buf, 2 * (size_t)n);
-}
-
-QK_INLINE vd encode_exps(vf v, vf vmax)
-{
-    const vf d = v - vmax;
-    return vd_round_f32(vd_exp(vf_lo_pd(d))) + vd_round_f32(vd_exp(vf_hi_pd(d)));
+    vd_exp_n(d, 2 * QK_G);
+    for (int j = 0; j < 2 * QK_G; j++)
+        *sum += vd_round_f32(d[j]);
+    for (int j = 0; j < QK_G; j++) {
+        const int n_codes = full ? QK_W : count(valid[j]);
+        if (!n_codes)
+            continue;
+        unsigned char *dst = (unsigned char *)row + 8 + 2 * (i + (int64_t)j * QK_W);
+        const vf c = inv * (v[j] - vmin);
+        const vmask live = vf_gt(v[j], vmin);
+        if (n_codes == QK_W) {
+            vf_store_u16(dst, c, live);
+            continue;
+        }
+        uint16_t buf[QK_W];
+        vf_store_u16(buf, c, live);
+        memcpy(dst, buf, 2 * (size_t)n_codes);
+    }
 }
 
 QK_INLINE int encode_row(const float *x, ptrdiff_t st, int64_t n, int64_t tok, uint16_t *row,
                          double *nll)
 {
-    const vf inf = vf_set1(INFINITY);
-    vf vmax = vf_set1(-INFINITY), vmin = inf;
+    vf vmax[QK_G], vmin[QK_G];
     vmask bad = vm_none();
-    int64_t i = 0;
-    for (; i + QK_W <= n; i += QK_W) {
-        if (st == 1)
-            prefetch(x, 4 * i);
-        const vf v = load_logits(x, QK_F32, st, i);
-        vmax = vf_max(v, vmax);
-        vmin = vf_min(v, vmin);
-        bad = vm_or(bad, vf_not_lt(v, inf));
+    for (int j = 0; j < QK_G; j++) {
+        vmax[j] = vf_set1(-INFINITY);
+        vmin[j] = vf_set1(INFINITY);
     }
-    float max_logit = vf_hmax(vmax), min_logit = vf_hmin(vmin);
+    int64_t i = 0;
+    for (; i + QK_SPAN <= n; i += QK_SPAN) {
+        vf v[QK_G];
+        vmask valid[QK_G];
+        if (st == 1)
+            prefetch_span(x, 4 * i, 4 * QK_SPAN);
+        load_logits_g(v, valid, x, QK_F32, st, i, n, 1);
+        for (int j = 0; j < QK_G; j++) {
+            vmax[j] = vf_max(v[j], vmax[j]);
+            vmin[j] = vf_min(v[j], vmin[j]);
+            bad = vm_or(bad, vf_not_lt(v[j], vf_set1(INFINITY)));
+        }
+    }
+    for (int j = 1; j < QK_G; j++)
+        vmin[0] = vf_min(vmin[j], vmin[0]);
+    float max_logit = vf_hmax(max_g(vmax)), min_logit = vf_hmin(vmin[0]);
     int tail_bad = 0;
     for (int64_t j = i; j < n; j++) {
-        const float v = qk_logit_at(x, QK_F32, st, j);
-        tail_bad |= !(v < INFINITY);
-        max_logit = v > max_logit ? v : max_logit;
-        min_logit = v < min_logit ? v : min_logit;
+        const float val = qk_logit_at(x, QK_F32, st, j);
+        tail_bad |= !(val < INFINITY);
+        max_logit = val > max_logit ? val : max_logit;
+        min_logit = val < min_logit ? val : min_logit;
     }
     if (vm_bits(bad) || tail_bad)
         return QK_P_NONFINITE;
@@ -642,15 +1013,17 @@ QK_INLINE int encode_row(const float *x, ptrdiff_t st, int64_t n, int64_t tok, u
     const float inv_scale = scale != 0 ? 1 / scale : 0; /* scale 0: every code is 0 */
     const vf vM = vf_set1(max_logit), vm = vf_set1(min_logit), vinv = vf_set1(inv_scale);
     vd sum = vd_set1(0.0);
-    for (i = 0; i + QK_W <= n; i += QK_W) {
-        const vf v = load_logits(x, QK_F32, st, i);
-        sum += encode_exps(v, vM);
-        encode_codes(row, v, vm, vinv, i, QK_W);
+    for (i = 0; i + QK_SPAN <= n; i += QK_SPAN) {
+        vf v[QK_G];
+        vmask valid[QK_G];
+        load_logits_g(v, valid, x, QK_F32, st, i, n, 1);
+        encode_step(&sum, row, v, valid, vM, vm, vinv, i, 1);
     }
-    if (i < n) {
-        const vf v = load_logits_tail(x, QK_F32, st, i, (int)(n - i));
-        sum += encode_exps(v, vM);
-        encode_codes(row, v, vm, vinv, i, (int)(n - i));
+    if (i < n) { /* lanes past the end read -inf: exp 0, code 0, not stored */
+        vf v[QK_G];
+        vmask valid[QK_G];
+        load_logits_g(v, valid, x, QK_F32, st, i, n, 0);
+        encode_step(&sum, row, v, valid, vM, vm, vinv, i, 0);
     }
     if (n & 1) {
         const uint16_t pad = 0;
