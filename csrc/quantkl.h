@@ -46,6 +46,8 @@ typedef struct {
     double kld;    /* KL(P||Q) in nats */
     double nll_p;  /* -log P(actual next token), nats */
     double nll_q;  /* -log Q(actual next token), nats */
+    float nll_q_llama; /* nll_q as llama-perplexity stores it: float(float(max +
+                          float(lse)) - logit); what llama mode prints PPL from */
     int64_t top_p; /* first index of P's largest probability */
     int64_t top_q; /* first index of Q's largest probability */
     int32_t rank;  /* rank of top_p in Q (0 = same top), QK_TOPK_MAX if not in Q's top 10 */

@@ -14,6 +14,7 @@ cdef extern from "quantkl.h" nogil:
         double kld
         double nll_p
         double nll_q
+        float nll_q_llama
         int64_t top_p
         int64_t top_q
         int32_t rank
@@ -54,12 +55,13 @@ ctypedef fused other_t:
 
 cdef class RowScores:
     """Per-row outputs of one kernel call, as numpy arrays of length n_rows."""
-    cdef public object kld, nll_p, nll_q, top_p, top_q, rank, status
+    cdef public object kld, nll_p, nll_q, nll_q_llama, top_p, top_q, rank, status
 
     def __init__(self, Py_ssize_t n):
         self.kld = np.empty(n, np.float64)
         self.nll_p = np.empty(n, np.float64)
         self.nll_q = np.empty(n, np.float64)
+        self.nll_q_llama = np.empty(n, np.float32)
         self.top_p = np.empty(n, np.int64)
         self.top_q = np.empty(n, np.int64)
         self.rank = np.empty(n, np.int32)
@@ -73,6 +75,7 @@ cdef struct Outputs:
     double *kld
     double *nll_p
     double *nll_q
+    float *nll_q_llama
     int64_t *top_p
     int64_t *top_q
     int32_t *rank
@@ -81,14 +84,16 @@ cdef struct Outputs:
 
 cdef Outputs outputs_of(RowScores s):
     cdef double[::1] kld = s.kld, nll_p = s.nll_p, nll_q = s.nll_q
+    cdef float[::1] nll_q_llama = s.nll_q_llama
     cdef int64_t[::1] top_p = s.top_p, top_q = s.top_q
     cdef int32_t[::1] rank = s.rank, status = s.status
-    cdef Outputs o
+    cdef Outputs o = Outputs(NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL)
     if kld.shape[0] == 0:
         return o
     o.kld = &kld[0]
     o.nll_p = &nll_p[0]
     o.nll_q = &nll_q[0]
+    o.nll_q_llama = &nll_q_llama[0]
     o.top_p = &top_p[0]
     o.top_q = &top_q[0]
     o.rank = &rank[0]
@@ -100,6 +105,7 @@ cdef inline void store(const qk_row *r, Outputs o, Py_ssize_t i) noexcept nogil:
     o.kld[i] = r.kld
     o.nll_p[i] = r.nll_p
     o.nll_q[i] = r.nll_q
+    o.nll_q_llama[i] = r.nll_q_llama
     o.top_p[i] = r.top_p
     o.top_q[i] = r.top_q
     o.rank[i] = r.rank

@@ -120,7 +120,10 @@ class Scorer:
     def update(self, base: Distributions, other: Distributions, tokens: object) -> KLDResult:
         """Score one block (e.g. one chunk); returns that block's own result."""
         rows = score_rows(base, other, tokens, mode=self.mode, threads=self.threads)
-        block = KLDResult(rows.kld, rows.nll_q, rows.nll_p, rows.rank, self.mode, self.topk,
+        # llama mode prints PPL from the NLLs llama-perplexity stores (float32,
+        # rounded step by step); the exact ones differ by its rounding noise.
+        nll = rows.nll_q_llama if self.mode == "llama" else rows.nll_q
+        block = KLDResult(rows.kld, nll, rows.nll_p, rows.rank, self.mode, self.topk,
                           top_base=rows.top_p, top_other=rows.top_q)
         self._blocks.append(block)
         return block

@@ -145,8 +145,8 @@ def test_quantkl_kernel_environment_variable():
     def run(value):
         return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                               env={**os.environ, "QUANTKL_KERNEL": value})
-    p = run("scalar")
-    assert p.returncode == 0 and p.stdout.strip() == "scalar"
+    p = run("portable")
+    assert p.returncode == 0 and p.stdout.strip() == "portable"
     p = run("auto")  # the best path this CPU supports: paths are listed best first
     assert p.returncode == 0
     assert p.stdout.strip() == next(n for n, ok in quantkl.kernel_paths() if ok)

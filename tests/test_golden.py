@@ -15,19 +15,25 @@ def block_of(text: str) -> str:
     return text[text.index("====== Perplexity statistics"):].rstrip("\n") + "\n"
 
 
+# Lines that print one token's KLD (SPEC §4): llama.cpp forms each term in
+# float32, ~1.4e-6 nats of noise per token, so they may differ by 3 units.
+ONE_TOKEN_KLD = re.compile(r"^(Maximum|Minimum|Median|[ \d.]+%) +KLD:")
+
+
 def assert_same_printout(got: str, expected: str) -> None:
-    """Same labels and layout; every number equal or one unit off in its last
-    printed digit. SPEC §4: llama.cpp holds NLLs and per-token KLDs in float32
-    and takes glibc's expf; quantkl sums in float64, so a value lying on a
-    rounding boundary of the printed digit can land on the other side."""
+    """Same labels and layout; every number within one unit of its last
+    printed digit, three on the lines that print one token's KLD. llama.cpp
+    sums float32 terms, quantkl float64 ones, so a value on a rounding
+    boundary of the printed digit can land on either side."""
     g_lines, e_lines = got.splitlines(), expected.splitlines()
     assert len(g_lines) == len(e_lines), got
     for g, e in zip(g_lines, e_lines):
         assert NUMBER.sub("#", g) == NUMBER.sub("#", e), (g, e)
+        units = 3 if ONE_TOKEN_KLD.match(g) else 1
         for a, b in zip(NUMBER.findall(g), NUMBER.findall(e)):
             assert len(a) == len(b), (g, e)
             unit = 10.0 ** -len(a.split(".")[1])
-            assert abs(float(a) - float(b)) <= unit * 1.001, (g, e)
+            assert abs(float(a) - float(b)) <= units * unit * 1.001, (g, e)
 
 
 @pytest.fixture(scope="module")
