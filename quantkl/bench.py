@@ -1,9 +1,13 @@
-"""Kernel throughput against the numpy reference, measured in the same run.
+"""Kernel throughput beside two yardsticks measured in the same run.
 
 Shared by `quantkl bench` and benchmarks/ (pytest-benchmark). Rates are
-vocabulary entries scored per second (rows x vocab / seconds); the numpy
-baseline is measured right after on the same arrays, so the ratio holds on a
-noisy machine even when the absolute figures move.
+vocabulary entries scored per second (rows x vocab / seconds). Each kernel is
+timed beside a plain float32 numpy implementation on the same arrays, and
+beside llama.cpp's own per-row loop (csrc/llama_loop.c, written from SPEC §3:
+expf per entry, float32 terms, double sums) on the same rows: the KL loop for
+the scoring kernels (what llama-perplexity --kl-divergence does per entry, on
+the u16 x f32 pair it supports), the encoder loop for the encoder. Ratios
+measured in one run hold on a noisy machine even when absolute figures move.
 
 The logits are synthetic but shaped like a language model's: normal(0, 2.5)
 with 1 % of tokens lifted by 8 nats, which leaves about a quarter of the
@@ -20,10 +24,10 @@ from typing import Callable, Dict, List, Optional
 
 import numpy as np
 
-from . import reference
-from .arrays import LlamaRows
+from . import _kernels, reference
+from .arrays import LlamaRows, threads_for, thread_count
 from .encoding import encode_llama_rows
-from .scoring import current_kernel, score_rows
+from .scoring import current_kernel, kernel_paths, score_rows
 
 KERNELS = ("u16xf32", "f32xf32", "f16xf16", "bf16xbf16", "u16xu16", "encode")
 
@@ -51,13 +55,15 @@ def bfloat16_dtype():
 
 @dataclass
 class Workload:
-    """One kernel on one set of arrays: the fast call and its numpy twin."""
+    """One kernel on one set of arrays: the fast call, its numpy twin, and
+    llama.cpp's loop for the same kind of work."""
     name: str
     mode: str
     n_entries: int
     bytes_per_entry: int
     run: Callable[[], object]
     run_reference: Callable[[], object]
+    run_llama: Callable[[], object]
 
 
 def workloads(vocab: int = 151936, rows: int = 255, threads: Optional[int] = None,
@@ -67,16 +73,17 @@ def workloads(vocab: int = 151936, rows: int = 255, threads: Optional[int] = Non
     tok = np.random.default_rng(2).integers(0, vocab, rows)
     n = rows * vocab
     out: List[Workload] = []
-    base_rows = other_rows = None
-    if {"u16xf32", "u16xu16"} & set(kernels):
-        base_rows = encode_llama_rows(x, tok, threads=threads)[0]
+    other_rows = None
+    base_rows = encode_llama_rows(x, tok, threads=threads)[0]
+    loop_threads = threads_for(thread_count(threads), rows, vocab)
+    llama_kld = lambda: _kernels.llama_loop_kld_rows(base_rows.rows, y, loop_threads)  # noqa: E731
     for name in kernels:
         if name == "u16xf32":
             for mode in ("llama", "exact"):
                 out.append(Workload(
                     name, mode, n, 6,
                     lambda m=mode: score_rows(base_rows, y, tok, mode=m, threads=threads),
-                    lambda m=mode: reference.kld_numpy_f32(base_rows, y, m)))
+                    lambda m=mode: reference.kld_numpy_f32(base_rows, y, m), llama_kld))
         elif name in ("f32xf32", "f16xf16", "bf16xbf16"):
             dt = {"f32xf32": np.float32, "f16xf16": np.float16,
                   "bf16xbf16": bfloat16_dtype()}[name]
@@ -87,7 +94,7 @@ def workloads(vocab: int = 151936, rows: int = 255, threads: Optional[int] = Non
                 out.append(Workload(
                     name, mode, n, 2 * a.itemsize,
                     lambda a=a, b=b, m=mode: score_rows(a, b, tok, mode=m, threads=threads),
-                    lambda a=a, b=b, m=mode: reference.kld_numpy_f32(a, b, m)))
+                    lambda a=a, b=b, m=mode: reference.kld_numpy_f32(a, b, m), llama_kld))
         elif name == "u16xu16":
             other_rows = other_rows or encode_llama_rows(y, tok, threads=threads)[0]
             for mode in ("llama", "exact"):
@@ -95,13 +102,14 @@ def workloads(vocab: int = 151936, rows: int = 255, threads: Optional[int] = Non
                     name, mode, n, 4,
                     lambda m=mode: score_rows(base_rows, other_rows, tok, mode=m,
                                               threads=threads),
-                    lambda m=mode: reference.kld_numpy_f32(base_rows, other_rows, m)))
+                    lambda m=mode: reference.kld_numpy_f32(base_rows, other_rows, m), llama_kld))
         elif name == "encode":
             buf = np.empty((rows, 2 * ((vocab + 1) // 2) + 4), np.uint16)
             out.append(Workload(
                 name, "llama", n, 6,
                 lambda: encode_llama_rows(x, tok, threads=threads, out=buf),
-                lambda: reference.encode_llama_rows_numpy_f32(x)))
+                lambda: reference.encode_llama_rows_numpy_f32(x),
+                lambda: _kernels.llama_loop_encode_rows(x, buf, loop_threads)))
         else:
             raise ValueError(f"unknown kernel {name!r}; choose from {', '.join(KERNELS)}")
     return out
@@ -118,14 +126,22 @@ def best_time(fn: Callable[[], object], repeat: int = 3) -> float:
     return best
 
 
-def measure(w: Workload, repeat: int = 3) -> Dict[str, object]:
+def measure(w: Workload, repeat: int = 3, llama_times: Optional[dict] = None) -> Dict[str, object]:
+    """Rates of one workload and its yardsticks. Workloads share one llama.cpp
+    loop: pass the same dict as llama_times to time it once."""
     t = best_time(w.run, repeat)
     t_ref = best_time(w.run_reference, 1)
+    llama_times = {} if llama_times is None else llama_times
+    if w.run_llama not in llama_times:
+        llama_times[w.run_llama] = best_time(w.run_llama, repeat)
+    t_llama = llama_times[w.run_llama]
     rate = w.n_entries / t / 1e6
     ref = w.n_entries / t_ref / 1e6
+    llama = w.n_entries / t_llama / 1e6
     return {"name": w.name, "mode": w.mode, "rate_M_per_s": rate,
             "GB_per_s": rate * w.bytes_per_entry / 1e3,
-            "reference_rate_M_per_s": ref, "ratio": rate / ref}
+            "reference_rate_M_per_s": ref, "ratio": rate / ref,
+            "llama_loop_rate_M_per_s": llama, "llama_loop_ratio": rate / llama}
 
 
 def thread_scaling(vocab: int = 151936, rows: int = 255, repeat: int = 5) -> Dict[str, float]:
@@ -160,4 +176,5 @@ def machine() -> Dict[str, object]:
     except AttributeError:
         cores = os.cpu_count()
     return {"cpu": cpu, "cores": cores, "kernel_path": current_kernel(),
+            "avx512": any(name == "avx512" and ok for name, ok in kernel_paths()),
             "python": platform.python_version(), "numpy": np.__version__}

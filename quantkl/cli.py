@@ -90,19 +90,23 @@ def print_result(args, result) -> None:
 
 
 def cmd_score(args) -> int:
-    from .evaluation import score_model
+    import time
+    from .evaluation import RunTimes, score_model
     from .records import file_entry, tokens_fingerprint, write_record
     from .runner import ModelRunner
     if args.save and os.path.exists(args.save) and not args.force:
         raise ValueError(f"{args.save} exists; pass --force to overwrite it")
+    start = time.perf_counter()
+    times = RunTimes()
     with LogitDump(args.base) as dump, ModelRunner(args.model, dump.n_ctx, args.threads,
                                                    args.debug) as runner:
         on_chunk = chunk_table_printer(args)
         try:
             result = score_model(dump, args.model, mode=mode_of(args), topk=args.topk,
-                                 save=args.save, on_chunk=on_chunk, runner=runner)
+                                 save=args.save, on_chunk=on_chunk, runner=runner, times=times)
         finally:
             on_chunk.close()
+        times.wall = time.perf_counter() - start  # model loading included
         print_result(args, result)
         if args.json:
             model = file_entry(args.model)
@@ -112,7 +116,8 @@ def cmd_score(args) -> int:
                 "kind": "score", "n_ctx": dump.n_ctx, "n_chunk": dump.n_chunk,
                 "n_vocab": dump.n_vocab, "tokens_sha256": tokens_fingerprint(dump.tokens),
                 "base": file_entry(args.base), "model": model,
-                "saved_dump": file_entry(args.save) if args.save else None})
+                "saved_dump": file_entry(args.save) if args.save else None,
+                "timing": times.to_dict()})
     return EXIT_OK
 
 
@@ -157,20 +162,22 @@ def cmd_bench(args) -> int:
     import json
     from .bench import KERNELS, machine, measure, workloads
     kernels = args.kernels.split(",") if args.kernels else list(KERNELS)
-    results = []
+    results, llama_times = [], {}
     if not args.json:
         m = machine()
-        print(f"{m['cpu']}, {m['cores']} cores, kernel path {m['kernel_path']}; "
-              f"vocab {args.vocab}, {args.rows} rows, threads {args.threads or m['cores']}")
-        print(f"{'kernel':<10} {'mode':<6} {'quantkl M/s':>12} {'numpy M/s':>10} {'ratio':>7} "
-              f"{'GB/s':>6}")
+        print(f"{m['cpu']}, {m['cores']} cores, AVX-512 {'yes' if m['avx512'] else 'no'}, "
+              f"kernel path {m['kernel_path']}; vocab {args.vocab}, {args.rows} rows, "
+              f"threads {args.threads or m['cores']}")
+        print(f"{'kernel':<10} {'mode':<6} {'quantkl M/s':>12} {'numpy M/s':>10} {'x numpy':>8} "
+              f"{'llama.cpp M/s':>14} {'x llama.cpp':>12} {'GB/s':>6}")
     for w in workloads(args.vocab, args.rows, args.threads, kernels):
-        r = measure(w)
+        r = measure(w, llama_times=llama_times)
         results.append(r)
         if not args.json:
             print(f"{r['name']:<10} {r['mode']:<6} {r['rate_M_per_s']:12.1f} "
-                  f"{r['reference_rate_M_per_s']:10.1f} {r['ratio']:6.1f}x {r['GB_per_s']:6.2f}",
-                  flush=True)
+                  f"{r['reference_rate_M_per_s']:10.1f} {r['ratio']:7.1f}x "
+                  f"{r['llama_loop_rate_M_per_s']:14.1f} {r['llama_loop_ratio']:11.1f}x "
+                  f"{r['GB_per_s']:6.2f}", flush=True)
     if args.json:
         print(json.dumps({"machine": machine(), "vocab": args.vocab, "rows": args.rows,
                           "threads": args.threads, "kernels": results}, indent=2))
@@ -306,8 +313,10 @@ def build_parser() -> argparse.ArgumentParser:
     qz.set_defaults(func=cmd_quantize)
 
     b = sub.add_parser("bench", parents=[common], help="measure the kernels on this machine",
-                       description="Rate of each kernel in M vocabulary entries/s, beside the "
-                                   "numpy float32 baseline measured in the same run.")
+                       description="Rate of each kernel in M vocabulary entries/s, beside a "
+                                   "numpy float32 baseline and llama.cpp's own per-row loop "
+                                   "(written here from its source), both measured in the same "
+                                   "run.")
     b.add_argument("--vocab", type=positive_int, default=151936, help="vocabulary (default 151936)")
     b.add_argument("--rows", type=positive_int, default=255, help="rows per block (default 255)")
     b.add_argument("--kernels", help="comma-separated subset of "

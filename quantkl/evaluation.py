@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
@@ -77,13 +78,13 @@ def dump_base(model: str | os.PathLike, text_path: str | os.PathLike, out: str |
         tokens = runner.tokenize(text)
         n_chunk = count_chunks(len(tokens), n_ctx, chunks)
         tokens = tokens[:n_chunk * n_ctx]
-        first = n_ctx // 2
+        first = runner.first
         nll = []
         with LogitDumpWriter(out, n_ctx, runner.n_vocab, tokens) as writer:
             for c in range(n_chunk):
                 chunk = tokens[c * n_ctx:(c + 1) * n_ctx]
                 logits = runner.chunk_logits(chunk)
-                rows, chunk_nll = encode_llama_rows(logits[first:n_ctx - 1], chunk[first + 1:],
+                rows, chunk_nll = encode_llama_rows(logits[:n_ctx - 1 - first], chunk[first + 1:],
                                                     threads=runner.threads)
                 writer.write_chunk(rows)
                 nll.append(chunk_nll)
@@ -92,33 +93,52 @@ def dump_base(model: str | os.PathLike, text_path: str | os.PathLike, out: str |
     return base_perplexity(np.concatenate(nll))
 
 
+@dataclass
+class RunTimes:
+    """Where a scoring run's wall time went, in seconds."""
+    wall: float = 0.0
+    model: float = 0.0    # llama.cpp's forward passes
+    scoring: float = 0.0  # quantkl's kernels (and the encoder for --save)
+
+    def to_dict(self) -> dict:
+        return {"wall_seconds": self.wall, "model_seconds": self.model,
+                "scoring_seconds": self.scoring,
+                "other_seconds": max(0.0, self.wall - self.model - self.scoring)}
+
+
 def score_model(dump: LogitDump, model: str | os.PathLike, *, mode: str = "llama",
                 topk: Sequence[int] = (1, 5, 10), save: Optional[str | os.PathLike] = None,
                 threads: Optional[int] = None, on_chunk: Optional[Callable[[int, int, KLDResult], None]] = None,
-                verbose: bool = False, runner: Optional[ModelRunner] = None) -> KLDResult:
+                verbose: bool = False, runner: Optional[ModelRunner] = None,
+                times: Optional[RunTimes] = None) -> KLDResult:
     """Run a model on a dump's own tokens and score it against the dump, chunk by chunk.
 
     ``on_chunk(chunk_number, n_chunk, running_result)`` follows every chunk
     (for the per-chunk table). ``save`` also writes the model's own dump.
+    ``times``, if given, receives where the wall time went.
     """
+    start = time.perf_counter()
     own = runner is None
     if own:
         runner = ModelRunner(model, dump.n_ctx, threads, verbose)
+    decoded_before = runner.decode_seconds
+    scoring = 0.0
     try:
         if runner.n_vocab != dump.n_vocab:
             raise ModelError(f"vocabulary mismatch: {dump.path} has {dump.n_vocab} entries, "
                              f"{runner.path} has {runner.n_vocab}")
-        first = dump.n_ctx // 2
         scorer = Scorer(mode=mode, topk=topk, threads=runner.threads)
         writer = LogitDumpWriter(save, dump.n_ctx, dump.n_vocab, dump.tokens) if save else None
         try:
             for ch in dump.chunks():
                 logits = runner.chunk_logits(dump.chunk_tokens(ch.index))
-                scored = logits[first:dump.n_ctx - 1]
+                scored = logits[:dump.rows_per_chunk]
+                t = time.perf_counter()
                 scorer.update(ch.rows, scored, ch.tokens)
                 if writer:
                     writer.write_chunk(encode_llama_rows(scored, ch.tokens,
                                                          threads=runner.threads)[0])
+                scoring += time.perf_counter() - t
                 if on_chunk:
                     on_chunk(ch.index + 1, dump.n_chunk, scorer.result())
         except BaseException:
@@ -129,6 +149,10 @@ def score_model(dump: LogitDump, model: str | os.PathLike, *, mode: str = "llama
             writer.close()
         return scorer.result()
     finally:
+        if times is not None:
+            times.model = runner.decode_seconds - decoded_before
+            times.scoring = scoring
+            times.wall = time.perf_counter() - start
         if own:
             runner.close()
 
@@ -154,4 +178,4 @@ def compare_dumps(base: LogitDump, other: LogitDump, *, mode: str = "llama",
 
 
 __all__ = ["count_chunks", "dump_base", "score_model", "compare_dumps", "base_perplexity",
-           "BasePerplexity", "scored_rows_per_chunk"]
+           "BasePerplexity", "RunTimes", "scored_rows_per_chunk"]

@@ -3,14 +3,17 @@
 Uses llama-cpp-python's C API directly: one context of ``n_ctx`` with
 ``n_batch = n_ctx`` and flash attention on, the KV cache cleared before every
 chunk, each chunk decoded as one batch, BOS substituted for the first token
-when the vocabulary adds BOS. The logits of a chunk are a view of llama.cpp's
-own output buffer, handed to the kernels in place: no copy, and never more than
-one chunk alive.
+when the vocabulary adds BOS. Like llama-perplexity, it asks llama.cpp for
+logits only at the scored half of the chunk (positions from ``n_ctx / 2``): at
+a large vocabulary the output layer is most of a small model's work. The
+logits of a chunk are a view of llama.cpp's own output buffer, handed to the
+kernels in place: no copy, and never more than one chunk alive.
 """
 from __future__ import annotations
 
 import ctypes
 import os
+import time
 from typing import Optional
 
 import numpy as np
@@ -138,6 +141,7 @@ class ModelRunner:
             self.close()
             raise ModelError(f"{self.path}: llama.cpp could not create a context of {n_ctx}")
         self._batch = lc.llama_batch_init(n_ctx, 0, 1)
+        self.decode_seconds = 0.0  # time spent in llama.cpp's forward passes
 
     @property
     def bits_per_weight(self) -> float:
@@ -156,26 +160,36 @@ class ModelRunner:
                 return np.ctypeslib.as_array(out)[:n].astype(np.int32)
             cap = -n
 
+    @property
+    def first(self) -> int:
+        """The first position of a chunk whose logits are scored (SPEC §1)."""
+        return self.n_ctx // 2
+
     def chunk_logits(self, tokens: np.ndarray) -> np.ndarray:
-        """float32 logits (n_ctx, n_vocab) of one chunk: a view into llama.cpp's buffer,
-        valid until the next call."""
+        """float32 logits (n_ctx - first, n_vocab) of one chunk at positions
+        first .. n_ctx - 1: a view into llama.cpp's buffer, valid until the
+        next call. Row j predicts token first + j + 1."""
         lc = self._lc
         if len(tokens) != self.n_ctx:
             raise ValueError(f"a chunk is {self.n_ctx} tokens, got {len(tokens)}")
+        start = time.perf_counter()
         lc.llama_memory_clear(lc.llama_get_memory(self._ctx), True)
         b = self._batch
         b.n_tokens = self.n_ctx
+        first = self.first
         for i, t in enumerate(tokens.tolist()):
             b.token[i] = self.bos if (i == 0 and self.add_bos) else t
             b.pos[i] = i
             b.n_seq_id[i] = 1
             b.seq_id[i][0] = 0
-            b.logits[i] = 1
+            b.logits[i] = i >= first
         rc = lc.llama_decode(self._ctx, b)
         if rc != 0:
             raise RuntimeError(f"llama_decode failed with status {rc}")
-        ptr = lc.llama_get_logits(self._ctx)
-        return np.ctypeslib.as_array(ptr, shape=(self.n_ctx, self.n_vocab))
+        ptr = lc.llama_get_logits_ith(self._ctx, first)
+        out = np.ctypeslib.as_array(ptr, shape=(self.n_ctx - first, self.n_vocab))
+        self.decode_seconds += time.perf_counter() - start
+        return out
 
     def close(self) -> None:
         lc = self._lc
