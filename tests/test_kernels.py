@@ -309,7 +309,7 @@ def test_masked_token_in_a_long_row_gives_infinite_kld(kernel_path, rng, lift):
 @pytest.mark.parametrize("side", ["base", "other"])
 def test_leading_blocks_fully_masked(kernel_path, rng, side):
     """Whole blocks of -inf at the start of a row (pass 1 works in blocks of
-    2048): the normalisers must still see every block."""
+    512): the normalisers must still see every block."""
     v, n = 5000, 3
     x = make_logits(rng, n, v, "peaked").astype(np.float32)
     y = perturb(rng, x, "peaked").astype(np.float32)
