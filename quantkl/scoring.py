@@ -45,7 +45,7 @@ def raise_for_status(status: np.ndarray, row_offset: int = 0) -> None:
 
 
 def select_kernel(name: str) -> None:
-    """Force a kernel path ("scalar", or a SIMD path the CPU supports) for this process."""
+    """Force a kernel path ("avx512", "avx2" or "portable"; see kernel_paths()) for this process."""
     _kernels.select_kernel(name)
 
 
