@@ -3,7 +3,13 @@
  * (setup.py defines QK_HAVE_<ISA> for the copies it could build) and only
  * called when the CPU reports that set. The choice is process-wide and made
  * once; Python calls qk_select_path at import to honour QUANTKL_KERNEL. */
+#define _XOPEN_SOURCE 700 /* sigjmp_buf, for guard.h */
+
 #include "dispatch.h"
+
+#include <string.h>
+
+#include "guard.h"
 
 typedef struct {
     const char *name;
@@ -83,27 +89,42 @@ int qk_select_path(int i)
 
 const char *qk_current_path(void) { return path()->name; }
 
+static void read_fault(qk_row *out)
+{
+    memset(out, 0, sizeof *out);
+    out->status = QK_READ_FAULT;
+}
+
 void qk_score_llama_logits(const uint16_t *p_row, const void *q, int q_dtype, ptrdiff_t q_stride,
                            int64_t n_vocab, int64_t tok, int mode, qk_row *out)
 {
-    path()->llama_logits(p_row, q, q_dtype, q_stride, n_vocab, tok, mode, out);
+    const qk_path *k = path();
+    QK_GUARDED(k->llama_logits(p_row, q, q_dtype, q_stride, n_vocab, tok, mode, out),
+               read_fault(out));
 }
 
 void qk_score_logits_logits(const void *p, int p_dtype, ptrdiff_t p_stride, const void *q,
                             int q_dtype, ptrdiff_t q_stride, int64_t n_vocab, int64_t tok,
                             int mode, qk_row *out)
 {
-    path()->logits_logits(p, p_dtype, p_stride, q, q_dtype, q_stride, n_vocab, tok, mode, out);
+    const qk_path *k = path();
+    QK_GUARDED(k->logits_logits(p, p_dtype, p_stride, q, q_dtype, q_stride, n_vocab, tok, mode,
+                                out),
+               read_fault(out));
 }
 
 void qk_score_llama_llama(const uint16_t *p_row, const uint16_t *q_row, int64_t n_vocab,
                           int64_t tok, int mode, qk_row *out)
 {
-    path()->llama_llama(p_row, q_row, n_vocab, tok, mode, out);
+    const qk_path *k = path();
+    QK_GUARDED(k->llama_llama(p_row, q_row, n_vocab, tok, mode, out), read_fault(out));
 }
 
 int qk_encode_llama_row(const float *x, ptrdiff_t stride, int64_t n_vocab, int64_t tok,
                         uint16_t *row, double *nll)
 {
-    return path()->encode(x, stride, n_vocab, tok, row, nll);
+    const qk_path *k = path();
+    int status = QK_OK;
+    QK_GUARDED(status = k->encode(x, stride, n_vocab, tok, row, nll), status = QK_READ_FAULT);
+    return status;
 }

@@ -572,6 +572,10 @@ QK_INLINE void llama_logits_row(const uint16_t *p_row, const void *q, int dt, pt
     }
     const double sum_p = exact ? vd_hsum(widened_sum(s.p_lo, s.p_hi))
                                : vd_hsum(widened_sum(vf_lo_pd(s.p32), vf_hi_pd(s.p32)));
+    if (qk_row_corrupt(&h, top.best, sum_p, p_row, n)) {
+        out->status = QK_P_CORRUPT;
+        return;
+    }
     double kld = vd_hsum(widened_sum(s.t_lo, s.t_hi)) + (lse - lse_hi) * sum_p;
     double c_tail = -INFINITY;
     if (s.tail_n > 0) {
@@ -764,6 +768,7 @@ typedef struct {
 typedef struct {
     vd t_lo, t_hi;   /* kept base entries: p * (lp - lq), lq = Q's clip point on its code 0 */
     vf pq;           /* kept base entries on Q's code 0: p (it scales c_q - clip <= 16) */
+    vf p32;          /* llama mode, kept base entries: p (for the corrupt-row check) */
     vd q_lo, q_hi;   /* Q's decoded mass: exp(lq) where its code > 0 (add_mass) */
     vd p_lo, p_hi;   /* exact mode, kept base entries: p from float64 exps, for the tail */
     vd l_lo, l_hi;   /* exact mode, base code 0 on Q's code > 0: lq */
@@ -829,6 +834,8 @@ QK_INLINE void llama_llama_step(llama_llama_sums *s, const llama_llama_consts *k
         const vf p = vf_keep(keep[j], lp[j]);
         t[j] = p * d[j];
         pq[j] = vf_keep(vm_andnot(keep[j], q_live[j]), p);
+        if (!exact)
+            s->p32 = s->p32 + p;
     }
     add_terms_g(&s->t_lo, &s->t_hi, t);
     s->pq = s->pq + sum_g(pq);
@@ -878,7 +885,7 @@ QK_INLINE void llama_llama_row(const uint16_t *p_row, const uint16_t *q_row, int
                                   vf_set1(hq.min_log_prob), vf_set1(-16.0f), vf_set1(0.0f)};
     const vd z = vd_set1(0.0);
     const vf zf = vf_set1(0.0f);
-    llama_llama_sums s = {z, z, zf, z, z, z, z, z, z, 0, 0, 0, zf, zf};
+    llama_llama_sums s = {z, z, zf, zf, z, z, z, z, z, z, 0, 0, 0, zf, zf};
     argmax top = {-INFINITY, 0};
     qk_topk tq = {0};
     for (int64_t b = 0; b < n; b += QK_BLOCK) {
@@ -910,10 +917,17 @@ QK_INLINE void llama_llama_row(const uint16_t *p_row, const uint16_t *q_row, int
     const double s_t = vd_hsum(widened_sum(s.t_lo, s.t_hi));
     const double s_pq = vd_hsum(widened_sum(vf_lo_pd(s.pq), vf_hi_pd(s.pq)));
     double q_mass = vd_hsum(widened_sum(s.q_lo, s.q_hi));
+    const double p_mass = exact ? vd_hsum(widened_sum(s.p_lo, s.p_hi))
+                                : vd_hsum(widened_sum(vf_lo_pd(s.p32), vf_hi_pd(s.p32)));
+    if (qk_row_corrupt(&hp, top.best, p_mass, p_row, n))
+        out->status |= QK_P_CORRUPT;
+    if (qk_row_corrupt(&hq, tq.n ? tq.val[0] : -INFINITY, q_mass, q_row, n))
+        out->status |= QK_Q_CORRUPT;
+    if (out->status)
+        return;
     double c_p = 0.0, w_p = 0.0; /* exact mode: the base's tail log p; its mass on Q's code 0 */
     if (s.p_tail_n > 0) {
-        c_p = qk_tail_log_prob(1.0 - vd_hsum(widened_sum(s.p_lo, s.p_hi)), (double)s.p_tail_n,
-                               hp.min_log_prob);
+        c_p = qk_tail_log_prob(1.0 - p_mass, (double)s.p_tail_n, hp.min_log_prob);
         w_p = exp(c_p) * (double)s.p_tail_on_q_tail;
     }
     const uint16_t cp_tok = qk_code(p_row, tok), cq_tok = qk_code(q_row, tok);

@@ -38,8 +38,12 @@ enum qk_status {
     QK_Q_NONFINITE = 2,   /* NaN or +inf among the other logits */
     QK_P_EMPTY = 4,       /* every base logit is -inf */
     QK_Q_EMPTY = 8,       /* every other logit is -inf */
-    QK_P_BAD_HEADER = 16, /* base llama row: scale/min_log_prob not finite or scale < 0 */
-    QK_Q_BAD_HEADER = 32  /* other llama row: same */
+    QK_P_BAD_HEADER = 16, /* base llama row: scale/min_log_prob not finite, scale < 0 or
+                             min_log_prob > 0 */
+    QK_Q_BAD_HEADER = 32, /* other llama row: same */
+    QK_P_CORRUPT = 64,    /* base llama row that no llama.cpp row can be: see qk_row_corrupt */
+    QK_Q_CORRUPT = 128,   /* other llama row: same */
+    QK_READ_FAULT = 256   /* a row's memory could not be read (SIGBUS: a mapped file shrank) */
 };
 
 typedef struct {

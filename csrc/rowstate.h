@@ -64,11 +64,34 @@ typedef struct {
     float min_log_prob;
 } qk_header;
 
-/* 0 when the header cannot be a llama row's (not finite, or scale < 0). */
+/* 0 when the header cannot be a llama row's: not finite, scale < 0, or
+ * min_log_prob > 0 (it is the clip point minus the max minus log-sum-exp). */
 static inline int qk_read_header(const uint16_t *row, qk_header *h)
 {
     memcpy(h, row, sizeof *h);
-    return isfinite(h->scale) && isfinite(h->min_log_prob) && h->scale >= 0.0f;
+    return isfinite(h->scale) && isfinite(h->min_log_prob) && h->scale >= 0.0f &&
+           h->min_log_prob <= 0.0f;
+}
+
+/* Whether a llama row with a good header is still no row llama.cpp writes,
+ * from facts a pass over it gives for free: its largest decoded log p (a
+ * genuine row's is -log-sum-exp <= 0, up to rounding), the decoded mass of
+ * the entries it keeps (at most 1, up to the codes' rounding), and, for a
+ * row of scale 0 (all logits equal), codes all 0 and min_log_prob =
+ * -log(n_vocab). Zero-filled, random and shifted rows fail one of them. */
+static inline int qk_row_corrupt(const qk_header *h, double max_log_p, double kept_mass,
+                                 const uint16_t *row, int64_t n)
+{
+    if (max_log_p > 1e-3 || !(kept_mass <= 1.0 + 1e-3))
+        return 1;
+    if (h->scale != 0.0f)
+        return 0;
+    if (fabs(h->min_log_prob + log((double)n)) > 1e-3)
+        return 1;
+    for (int64_t i = 0; i < n; i++)
+        if (qk_code(row, i))
+            return 1;
+    return 0;
 }
 
 /* llama.cpp's decoding of a code, in float32: the product rounded, then the

@@ -35,6 +35,9 @@ cdef extern from "llama_loop.h" nogil:
     double qk_llama_loop_kld(const uint16_t *base_row, const float *logits, int64_t n_vocab)
     void qk_llama_loop_encode(const float *logits, int64_t n_vocab, uint16_t *row)
 
+cdef extern from "guard.h" nogil:
+    int qk_guard_install()
+
 cdef extern from "dispatch.h" nogil:
     int qk_path_count()
     const char *qk_path_name(int i)
@@ -43,6 +46,11 @@ cdef extern from "dispatch.h" nogil:
     const char *qk_current_path()
 
 TOPK_MAX = QK_TOPK_MAX
+
+# A dump truncated by another process while it is read ends the row with a
+# status (QK_READ_FAULT) instead of killing the process with SIGBUS: each
+# call below first puts the guard's handler in front (faulthandler, enabled
+# after quantkl was imported, would otherwise see the fault first).
 
 ctypedef fused logit_t:
     float
@@ -139,6 +147,7 @@ def score_llama_logits(const uint16_t[:, ::1] p, const logit_t[:, :] q, int q_dt
                        const int64_t[::1] tokens, int64_t n_vocab, int mode, int threads):
     cdef Py_ssize_t n = p.shape[0], i
     cdef Py_ssize_t q_stride = q.strides[1] // sizeof(logit_t)
+    qk_guard_install()
     out = RowScores(n)
     cdef Outputs o = outputs_of(out)
     for i in prange(n, nogil=True, schedule="dynamic", num_threads=threads):
@@ -151,6 +160,7 @@ def score_logits_logits(const logit_t[:, :] p, int p_dtype, const other_t[:, :] 
     cdef Py_ssize_t n = p.shape[0], i
     cdef Py_ssize_t p_stride = p.strides[1] // sizeof(logit_t)
     cdef Py_ssize_t q_stride = q.strides[1] // sizeof(other_t)
+    qk_guard_install()
     out = RowScores(n)
     cdef Outputs o = outputs_of(out)
     for i in prange(n, nogil=True, schedule="dynamic", num_threads=threads):
@@ -162,6 +172,7 @@ def score_logits_logits(const logit_t[:, :] p, int p_dtype, const other_t[:, :] 
 def score_llama_llama(const uint16_t[:, ::1] p, const uint16_t[:, ::1] q,
                       const int64_t[::1] tokens, int64_t n_vocab, int mode, int threads):
     cdef Py_ssize_t n = p.shape[0], i
+    qk_guard_install()
     out = RowScores(n)
     cdef Outputs o = outputs_of(out)
     for i in prange(n, nogil=True, schedule="dynamic", num_threads=threads):
@@ -175,6 +186,7 @@ def encode_llama_rows(const float[:, :] x, const int64_t[::1] tokens, uint16_t[:
     cdef Py_ssize_t n = x.shape[0], i
     cdef int64_t n_vocab = x.shape[1]
     cdef Py_ssize_t stride = x.strides[1] // sizeof(float)
+    qk_guard_install()
     nll_arr = np.empty(n, np.float64)
     status_arr = np.empty(n, np.int32)
     cdef double[::1] nll = nll_arr

@@ -17,31 +17,55 @@ from .stats import MODES, KLDResult, check_topk
 
 Distributions = Union[np.ndarray, LlamaRows]
 
+_CORRUPT = ("is corrupt: its codes decode to log-probabilities above 0 or summing past 1, "
+            "or its scale is 0 with codes set; llama.cpp writes no such row")
+_HEADER = "has a corrupt header (scale/min_log_prob not finite, scale < 0 or min_log_prob > 0)"
+
 # Bits of qk_row.status (csrc/quantkl.h), most telling first.
 _STATUS_MESSAGES = (
-    (16, "base llama row {row} has a corrupt header (scale/min_log_prob not finite or scale < 0)"),
-    (32, "other llama row {row} has a corrupt header (scale/min_log_prob not finite or scale < 0)"),
-    (1, "base logits row {row} contains NaN or +inf"),
-    (2, "other logits row {row} contains NaN or +inf"),
-    (4, "base logits row {row} has no finite logit (all -inf)"),
-    (8, "other logits row {row} has no finite logit (all -inf)"),
+    (256, "{row} could not be read: a memory-mapped file was truncated or changed while "
+          "quantkl read it"),
+    (16, f"base llama {{row}} {_HEADER}"),
+    (32, f"other llama {{row}} {_HEADER}"),
+    (64, f"base llama {{row}} {_CORRUPT}"),
+    (128, f"other llama {{row}} {_CORRUPT}"),
+    (1, "base logits {row} contains NaN or +inf"),
+    (2, "other logits {row} contains NaN or +inf"),
+    (4, "base logits {row} has no finite logit (all -inf)"),
+    (8, "other logits {row} has no finite logit (all -inf)"),
 )
 
 _MODE_CODES = {"llama": 0, "exact": 1}
 
 
-def raise_for_status(status: np.ndarray, row_offset: int = 0) -> None:
-    """Turn the kernels' per-row status bits into one clear ValueError."""
+class RowError(ValueError):
+    """A row the kernels refused (NaN, corrupt dump row, unreadable memory).
+
+    ``row`` is its index in the whole input (across chunks), ``status`` the
+    kernel's status bits."""
+
+    def __init__(self, message: str, row: int, status: int):
+        super().__init__(message)
+        self.row, self.status = row, status
+
+
+def raise_for_status(status: np.ndarray, first_row: int = 0, chunk: Optional[int] = None) -> None:
+    """Turn the kernels' per-row status bits into one clear RowError. The
+    block's rows start at row ``first_row`` of the input; ``chunk`` (from 1,
+    as llama-perplexity counts) names the dump chunk they are."""
     bad = np.flatnonzero(status)
     if not bad.size:
         return
     row = int(bad[0])
     bits = int(status[row])
+    where = f"row {first_row + row}"
+    if chunk is not None:
+        where += f" (chunk {chunk}, row {row} of the chunk)"
     for bit, msg in _STATUS_MESSAGES:
         if bits & bit:
-            more = f" ({bad.size} bad rows in all)" if bad.size > 1 else ""
-            raise ValueError(msg.format(row=row + row_offset) + more)
-    raise RuntimeError(f"kernel reported unknown status {bits} for row {row + row_offset}")
+            more = f" ({bad.size} bad rows in this block)" if bad.size > 1 else ""
+            raise RowError(msg.format(row=where) + more, first_row + row, bits)
+    raise RuntimeError(f"kernel reported unknown status {bits} for {where}")
 
 
 def select_kernel(name: str) -> None:
@@ -65,11 +89,14 @@ def _check_mode(mode: str) -> int:
 
 
 def score_rows(base: Distributions, other: Distributions, tokens: object, *,
-               mode: str = "llama", threads: Optional[int] = None) -> "_kernels.RowScores":
+               mode: str = "llama", threads: Optional[int] = None, first_row: int = 0,
+               chunk: Optional[int] = None) -> "_kernels.RowScores":
     """Per-row kernel outputs (kld, nll_p, nll_q, top_p, top_q, rank) for one block.
 
     ``base`` is float logits (rows, vocab) or :class:`LlamaRows`; ``other`` is
-    float logits or :class:`LlamaRows`. Raises ValueError/TypeError on bad input.
+    float logits or :class:`LlamaRows`. Raises ValueError/TypeError on bad
+    input; a bad row is named by its index from ``first_row`` and, when the
+    block is a dump's chunk, by ``chunk`` too.
     """
     mode_code = _check_mode(mode)
     nthreads = thread_count(threads)
@@ -98,8 +125,21 @@ def score_rows(base: Distributions, other: Distributions, tokens: object, *,
     else:
         out = _kernels.score_logits_logits(base_view, base_dtype, other_view, other_dtype, tok,
                                            n_vocab, mode_code, nthreads)
-    raise_for_status(out.status)
+    raise_for_status(out.status, first_row, chunk)
     return out
+
+
+def check_llama_rows(rows: LlamaRows, threads: Optional[int] = None) -> np.ndarray:
+    """Status bits of each llama row checked on its own (0: a row llama.cpp
+    could have written; else its header or codes are corrupt). A row scored
+    against itself meets every check the kernels make."""
+    n_rows, n_vocab = rows.shape
+    if n_rows == 0:
+        return np.zeros(0, np.int32)
+    out = _kernels.score_llama_llama(rows.rows, rows.rows, np.zeros(n_rows, np.int64), n_vocab,
+                                     _MODE_CODES["llama"],
+                                     threads_for(thread_count(threads), n_rows, n_vocab))
+    return out.status & ~np.int32(32 | 128)  # the "other" side is the same row
 
 
 class Scorer:
@@ -117,9 +157,13 @@ class Scorer:
         self.threads = thread_count(threads)
         self._blocks: list = []
 
-    def update(self, base: Distributions, other: Distributions, tokens: object) -> KLDResult:
-        """Score one block (e.g. one chunk); returns that block's own result."""
-        rows = score_rows(base, other, tokens, mode=self.mode, threads=self.threads)
+    def update(self, base: Distributions, other: Distributions, tokens: object, *,
+               chunk: Optional[int] = None) -> KLDResult:
+        """Score one block (e.g. one dump chunk, numbered from 1 in ``chunk``);
+        returns that block's own result."""
+        first_row = sum(b.count for b in self._blocks)
+        rows = score_rows(base, other, tokens, mode=self.mode, threads=self.threads,
+                          first_row=first_row, chunk=chunk)
         # llama mode prints PPL from the NLLs llama-perplexity stores (float32,
         # rounded step by step); the exact ones differ by its rounding noise.
         nll = rows.nll_q_llama if self.mode == "llama" else rows.nll_q
