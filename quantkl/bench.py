@@ -115,6 +115,14 @@ def workloads(vocab: int = 151936, rows: int = 255, threads: Optional[int] = Non
     return out
 
 
+def bytes_needed(vocab: int, rows: int, kernels=KERNELS) -> int:
+    """About how many bytes workloads() allocates: the float32 logits and
+    their quant, the base's rows, the quant's rows or the encoder's output,
+    and the half-precision copies of both asked for."""
+    per_entry = 4 + 4 + 2 + 2 + 4 * len({"f16xf16", "bf16xbf16"} & set(kernels))
+    return vocab * rows * per_entry
+
+
 def best_time(fn: Callable[[], object], repeat: int = 3) -> float:
     """Shortest of ``repeat`` runs (after one warm-up), in seconds."""
     fn()

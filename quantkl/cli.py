@@ -1,22 +1,45 @@
-"""The ``quantkl`` command: dump, score, compare, info, quantize.
+"""The ``quantkl`` command: dump, score, compare, info, quantize, bench, report, ...
 
 Output follows llama-perplexity (per-chunk table, then the statistics block)
 on stdout; progress bars go to stderr and only to a terminal. Exit status:
-0 ok, 1 bad input (a one-line message), 2 internal error. ``--debug`` shows
+0 ok; 1 bad input or environment (a file, field or argument that will not do,
+a full or read-only disk, not enough memory), one line on stderr naming it;
+2 an internal error (a bug); 128 + N when signal N (SIGINT, SIGTERM, SIGHUP)
+stops it, after removing whatever it had half written. ``--debug`` shows
 tracebacks.
 """
 from __future__ import annotations
 
 import argparse
+import math
 import os
+import signal
 import sys
 from typing import Callable, List, Optional
 
 from . import __version__
-from .dumpfile import DumpError, LogitDump, inspect_dump
+from .arrays import available_cores
+from .dumpfile import DumpError, LogitDump, check_output_path, inspect_dump
 from .runner import ModelError
 
 EXIT_OK, EXIT_BAD_INPUT, EXIT_INTERNAL = 0, 1, 2
+
+
+class Stopped(BaseException):
+    """A signal asked quantkl to stop (SIGTERM, SIGHUP). A BaseException, like
+    KeyboardInterrupt, so that only the cleanup in finally/with blocks runs."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def check_new_file(path: str, force: bool) -> None:
+    """Before a long run: the output can be written, and is not there unless
+    --force."""
+    check_output_path(path)
+    if os.path.exists(path) and not force:
+        raise ValueError(f"{path} exists; pass --force to overwrite it")
 
 
 class Progress:
@@ -51,8 +74,7 @@ def cmd_dump(args) -> int:
     from .models import SAMPLE_TEXT, default_model
     model = args.model or default_model()
     text = args.text or str(SAMPLE_TEXT)
-    if os.path.exists(args.output) and not args.force:
-        raise ValueError(f"{args.output} exists; pass --force to overwrite it")
+    check_new_file(args.output, args.force)
     progress = Progress(args.quiet, "dump")
     try:
         ppl = dump_base(model, text, args.output, n_ctx=args.ctx, chunks=args.chunks,
@@ -92,10 +114,12 @@ def print_result(args, result) -> None:
 def cmd_score(args) -> int:
     import time
     from .evaluation import RunTimes, score_model
-    from .records import file_entry, tokens_fingerprint, write_record
+    from .records import check_record_path, file_entry, tokens_fingerprint, write_record
     from .runner import ModelRunner
-    if args.save and os.path.exists(args.save) and not args.force:
-        raise ValueError(f"{args.save} exists; pass --force to overwrite it")
+    if args.save:
+        check_new_file(args.save, args.force)
+    if args.json:
+        check_record_path(args.json, args.force)
     start = time.perf_counter()
     times = RunTimes()
     with LogitDump(args.base) as dump, ModelRunner(args.model, dump.n_ctx, args.threads,
@@ -123,7 +147,9 @@ def cmd_score(args) -> int:
 
 def cmd_compare(args) -> int:
     from .evaluation import compare_dumps
-    from .records import file_entry, tokens_fingerprint, write_record
+    from .records import check_record_path, file_entry, tokens_fingerprint, write_record
+    if args.json:
+        check_record_path(args.json, args.force)
     with LogitDump(args.base) as base, LogitDump(args.other) as other:
         on_chunk = chunk_table_printer(args)
         try:
@@ -150,9 +176,8 @@ def cmd_info(args) -> int:
 def cmd_quantize(args) -> int:
     from .models import default_model, quantize
     model = args.model or default_model()
-    if os.path.exists(args.output) and not args.force:
-        raise ValueError(f"{args.output} exists; pass --force to overwrite it")
-    quantize(model, args.output, args.type, verbose=args.debug)
+    check_new_file(args.output, args.force)
+    quantize(model, args.output, args.type, threads=args.threads or 0, verbose=args.debug)
     say(args, f"wrote {args.output} ({args.type.upper()} of {os.path.basename(model)}, "
               f"{os.path.getsize(args.output):,} bytes)")
     return EXIT_OK
@@ -160,8 +185,17 @@ def cmd_quantize(args) -> int:
 
 def cmd_bench(args) -> int:
     import json
-    from .bench import KERNELS, machine, measure, workloads
+    from .bench import KERNELS, bytes_needed, machine, measure, workloads
     kernels = args.kernels.split(",") if args.kernels else list(KERNELS)
+    unknown = [k for k in kernels if k not in KERNELS]
+    if unknown:
+        raise ValueError(f"--kernels: unknown kernel {unknown[0]!r}; choose from "
+                         f"{', '.join(KERNELS)}")
+    need, have = bytes_needed(args.vocab, args.rows, kernels), physical_memory()
+    if have and need > 0.8 * have:
+        raise ValueError(f"--vocab {args.vocab} x --rows {args.rows} needs about "
+                         f"{need / 2**30:.1f} GiB of arrays; this machine has "
+                         f"{have / 2**30:.1f} GiB")
     results, llama_times = [], {}
     if not args.json:
         m = machine()
@@ -247,10 +281,26 @@ def mode_of(args) -> str:
     return "exact" if args.exact else "llama"
 
 
+def physical_memory() -> int:
+    """Bytes of RAM, or 0 where the system will not say."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 0
+
+
 # --- parsing ----------------------------------------------------------------
 
+class Parser(argparse.ArgumentParser):
+    """argparse with the exit status of the contract: a usage error is bad
+    input (1), in one line naming the argument."""
+
+    def error(self, message: str):
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="quantkl",
         description="How far a quantized model drifts from its base: KL divergence, PPL ratio, "
                     "Δp and same-top token, llama-perplexity compatible.")
@@ -267,10 +317,13 @@ def build_parser() -> argparse.ArgumentParser:
                          help="exact KL sum (no -16 cut; a dump's code 0 is its clipped tail) "
                               "instead of llama-perplexity's")
     scoring.add_argument("--json", metavar="OUT.json", help="write a JSON record (+ OUT.npz)")
+    scoring.add_argument("-f", "--force", action="store_true",
+                         help="overwrite the --json record (and score's --save dump)")
     scoring.add_argument("--topk", type=topk_list, default=[1, 5, 10], metavar="K,K,..",
                          help="top-k agreement figures for the JSON record, k in 1..10 "
                               "(default 1,5,10)")
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                           parser_class=Parser)
 
     d = sub.add_parser("dump", parents=[common], help="write a base model's logits file",
                        description="Run MODEL over TEXT as llama-perplexity does and write its "
@@ -290,7 +343,6 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("base", metavar="BASE.kld")
     s.add_argument("--model", "-m", required=True, metavar="QUANT.gguf")
     s.add_argument("--save", metavar="QUANT.kld", help="also write this model's own dump")
-    s.add_argument("-f", "--force", action="store_true", help="overwrite --save's file")
     s.set_defaults(func=cmd_score)
 
     c = sub.add_parser("compare", parents=[common, scoring], help="score two saved dumps",
@@ -350,8 +402,8 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--kind", choices=("scatter", "cdf"), default="scatter")
     pl.add_argument("--x", choices=("size", "bpw"), default="size")
     pl.add_argument("--y", choices=("kld", "ppl-ratio", "same-top"), default="kld")
-    pl.add_argument("--width", type=positive_int, default=900, help="pixels (default 900)")
-    pl.add_argument("--height", type=positive_int, default=600, help="pixels (default 600)")
+    pl.add_argument("--width", type=pixels, default=900, help="pixels, up to 10000 (default 900)")
+    pl.add_argument("--height", type=pixels, default=600, help="pixels, up to 10000 (default 600)")
     pl.set_defaults(func=cmd_plot)
 
     wt = sub.add_parser("worst", parents=[common], help="the tokens a quant damages most",
@@ -361,7 +413,8 @@ def build_parser() -> argparse.ArgumentParser:
                                     "two dumps BASE.kld OTHER.kld.")
     wt.add_argument("inputs", nargs="+", metavar="RECORD.json|DUMP.kld")
     wt.add_argument("--top", type=positive_int, default=10, help="tokens to list (default 10)")
-    wt.add_argument("--percent", type=float, default=5.0, help="worst share to average (default 5)")
+    wt.add_argument("--percent", type=percent, default=5.0,
+                    help="worst share to average, in (0, 100] (default 5)")
     wt.add_argument("--model", "-m", metavar="MODEL.gguf",
                     help="vocabulary for the text (default: the record's model)")
     wt.set_defaults(func=cmd_worst)
@@ -378,6 +431,23 @@ def positive_int(text: str) -> int:
     return v
 
 
+def percent(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not (math.isfinite(v) and 0 < v <= 100):
+        raise argparse.ArgumentTypeError(f"must be a percentage in (0, 100], got {text}")
+    return v
+
+
+def pixels(text: str) -> int:
+    v = positive_int(text)
+    if v > 10000:
+        raise argparse.ArgumentTypeError(f"at most 10000 pixels, got {v}")
+    return v
+
+
 def topk_list(text: str) -> List[int]:
     try:
         ks = [int(k) for k in text.split(",") if k.strip()]
@@ -388,25 +458,50 @@ def topk_list(text: str) -> List[int]:
     return ks
 
 
-BAD_INPUT = (ValueError, TypeError, DumpError, ModelError, FileNotFoundError, PermissionError,
-             IsADirectoryError)
+BAD_INPUT = (ValueError, TypeError, DumpError, ModelError, OSError, MemoryError)
+
+
+def describe(e: BaseException) -> str:
+    """One line for a bad-input error, naming the file where there is one."""
+    if isinstance(e, MemoryError):
+        return f"not enough memory ({e})" if str(e) else "not enough memory"
+    if isinstance(e, OSError) and e.strerror:
+        return f"{e.filename}: {e.strerror}" if e.filename else e.strerror
+    return str(e)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if getattr(args, "threads", None) and args.threads > available_cores():
+        print(f"quantkl: --threads {args.threads} is more than the {available_cores()} cores "
+              f"this process may use; using {available_cores()}", file=sys.stderr)
+        args.threads = available_cores()
+
+    def stop(signum, frame):
+        raise Stopped(signum)
+
+    previous = {}
+    for sig in (signal.SIGTERM, getattr(signal, "SIGHUP", None)):
+        if sig is not None:
+            try:
+                previous[sig] = signal.signal(sig, stop)
+            except ValueError:  # not the main thread: leave signals alone
+                pass
     try:
         return args.func(args)
     except BrokenPipeError:  # output piped into head and the like
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_OK
-    except KeyboardInterrupt:
-        print("quantkl: interrupted", file=sys.stderr)
-        return EXIT_INTERNAL
+    except (KeyboardInterrupt, Stopped) as e:
+        signum = e.signum if isinstance(e, Stopped) else signal.SIGINT
+        print(f"quantkl {args.command}: stopped by {signal.Signals(signum).name}; "
+              f"nothing half-written is left", file=sys.stderr)
+        return 128 + signum
     except BAD_INPUT as e:
         if args.debug:
             raise
-        print(f"quantkl {args.command}: error: {e}", file=sys.stderr)
+        print(f"quantkl {args.command}: error: {describe(e)}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except Exception as e:  # a bug in quantkl or llama.cpp, not the user's input
         if args.debug:
@@ -414,6 +509,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"quantkl {args.command}: internal error: {type(e).__name__}: {e} "
               f"(run with --debug for the traceback)", file=sys.stderr)
         return EXIT_INTERNAL
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import mmap
 import os
+import stat
 import struct
 from dataclasses import dataclass
 from typing import Iterator, List, Optional, Sequence
@@ -24,6 +25,31 @@ HEADER = struct.Struct("<8sIii")
 
 class DumpError(ValueError):
     """A logits file that is not what it should be (foreign, truncated, inconsistent)."""
+
+
+def regular_file_size(path: str, what: str = "file") -> int:
+    """The size of a regular file; a clear error for anything else (a FIFO
+    would block open() forever, a directory cannot be read)."""
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        raise DumpError(f"{path}: cannot open: {e.strerror}") from None
+    if not stat.S_ISREG(st.st_mode):
+        kind = "a directory" if stat.S_ISDIR(st.st_mode) else "not a regular file"
+        raise DumpError(f"{path}: {kind}; a {what} must be a regular file")
+    return st.st_size
+
+
+def check_output_path(path: str) -> None:
+    """A clear error now, not after a long run, when ``path`` cannot be
+    written: a directory is there, or its folder does not exist."""
+    if os.path.isdir(path):
+        raise ValueError(f"{path}: is a directory; give a file name to write")
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise ValueError(f"{path}: folder {folder} does not exist")
+    if not os.access(folder, os.W_OK):
+        raise ValueError(f"{path}: folder {folder} is not writable")
 
 
 def scored_rows_per_chunk(n_ctx: int) -> int:
@@ -48,8 +74,8 @@ class LogitDump:
 
     def __init__(self, path: str | os.PathLike):
         self.path = os.fspath(path)
+        size = regular_file_size(self.path, "logits file")
         try:
-            size = os.path.getsize(self.path)
             f = open(self.path, "rb")
         except OSError as e:
             raise DumpError(f"{self.path}: cannot open: {e.strerror}") from None
@@ -72,11 +98,13 @@ class LogitDump:
             self.row_width = llama_row_width(n_vocab)
             self._check_length()
             self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+            self._fd = os.dup(f.fileno())  # to notice the file shrinking under us
         self.tokens = np.frombuffer(self._map, np.int32, n_ctx * n_chunk, HEADER.size)
         bad = np.flatnonzero((self.tokens < 0) | (self.tokens >= n_vocab))
         if bad.size:
-            i = int(bad[0])
-            raise DumpError(f"{self.path}: token {int(self.tokens[i])} at position {i % n_ctx} of "
+            i, tok = int(bad[0]), int(self.tokens[bad[0]])
+            self.close()
+            raise DumpError(f"{self.path}: token {tok} at position {i % n_ctx} of "
                             f"chunk {i // n_ctx + 1} is outside the vocabulary [0, {n_vocab})")
         self._rows = np.frombuffer(self._map, np.uint16, self.n_rows * self.row_width,
                                    self.rows_offset).reshape(self.n_rows, self.row_width)
@@ -117,9 +145,18 @@ class LogitDump:
         """The n_ctx tokens evaluated in chunk c (0-based)."""
         return self.tokens[c * self.n_ctx:(c + 1) * self.n_ctx]
 
+    def check_unchanged(self) -> None:
+        """DumpError if the file has shrunk since it was opened: its pages are
+        gone, and reading them would kill the process (SIGBUS)."""
+        size = os.fstat(self._fd).st_size
+        if size < self.size:
+            raise DumpError(f"{self.path}: truncated to {size} bytes while being read "
+                            f"(it had {self.size}); another process changed it")
+
     def chunk(self, c: int) -> Chunk:
         if not 0 <= c < self.n_chunk:
             raise IndexError(f"chunk {c} out of range 0..{self.n_chunk - 1}")
+        self.check_unchanged()
         self._release_previous(c)
         first = self.n_ctx // 2
         r0 = c * self.rows_per_chunk
@@ -157,6 +194,9 @@ class LogitDump:
     def close(self) -> None:
         self._rows = None
         self.tokens = None
+        if getattr(self, "_fd", None) is not None:
+            os.close(self._fd)
+            self._fd = None
         try:
             self._map.close()
         except BufferError:
@@ -184,12 +224,27 @@ class LogitDumpWriter:
 
     def __init__(self, path: str | os.PathLike, n_ctx: int, n_vocab: int,
                  tokens: Sequence[int] | np.ndarray):
-        tokens = np.ascontiguousarray(tokens, dtype=np.int32)
-        if n_ctx < 3 or n_vocab < 1:
-            raise ValueError(f"impossible dump shape n_ctx={n_ctx}, n_vocab={n_vocab}")
+        # Everything is checked before the partial file is created.
+        n_ctx, n_vocab = int(n_ctx), int(n_vocab)
+        if not 3 <= n_ctx < 2**32 or not 1 <= n_vocab < 2**31:
+            raise ValueError(f"impossible dump shape n_ctx={n_ctx}, n_vocab={n_vocab}: the file "
+                             f"holds n_ctx as uint32 (at least 3) and n_vocab as int32")
+        tokens = np.asarray(tokens)
         if tokens.ndim != 1 or len(tokens) == 0 or len(tokens) % n_ctx:
             raise ValueError(f"tokens must be whole chunks of {n_ctx}, got {len(tokens)}")
+        if tokens.dtype.kind not in "iu":
+            raise TypeError(f"tokens must be integers, got {tokens.dtype}")
+        lo, hi = int(tokens.min()), int(tokens.max())
+        if lo < 0 or hi >= n_vocab:
+            bad = lo if lo < 0 else hi
+            i = int(np.argmax(tokens == bad))
+            raise ValueError(f"token {bad} at position {i % n_ctx} of chunk {i // n_ctx + 1} is "
+                             f"outside the vocabulary [0, {n_vocab})")
+        if len(tokens) // n_ctx >= 2**31:
+            raise ValueError(f"{len(tokens) // n_ctx} chunks: the file holds n_chunk as int32")
+        tokens = np.ascontiguousarray(tokens, dtype=np.int32)
         self.path = os.fspath(path)
+        check_output_path(self.path)
         self.partial = self.path + ".partial"
         self.n_ctx, self.n_vocab = n_ctx, n_vocab
         self.n_chunk = len(tokens) // n_ctx
@@ -250,6 +305,9 @@ class DumpInfo:
     header: Optional[tuple] = None  # (n_ctx, n_vocab, n_chunk)
     tokens_sample: Optional[List[int]] = None
     problem: Optional[str] = None
+    rows_checked: int = 0
+    corrupt_rows: Optional[List[str]] = None  # "row 70 (chunk 2)", at most a few
+    n_corrupt: int = 0
 
     def lines(self) -> List[tuple]:
         out = [("file", f"{self.path} ({self.size:,} bytes)")]
@@ -265,22 +323,44 @@ class DumpInfo:
                                  f" bytes")]
         if self.tokens_sample is not None:
             out.append(("tokens", ", ".join(map(str, self.tokens_sample)) + ", ..."))
+        if self.rows_checked:
+            out.append(("checked", f"{self.rows_checked:,} rows (the first and last of every "
+                                   f"chunk, and others at random): {self.n_corrupt} corrupt"))
         out.append(("status", "whole" if self.problem is None else f"NOT usable: {self.problem}"))
         return out
+
+
+def check_sample(dump: LogitDump, info: DumpInfo, n_random: int = 64,
+                 limit: int = 1024) -> None:
+    """Check a sample of a dump's rows with the kernels: the first and last row
+    of every chunk and ``n_random`` others, ``limit`` at most. Corrupt rows
+    (zero-filled, random codes, impossible headers) make the file unusable."""
+    from .scoring import check_llama_rows
+    r = dump.rows_per_chunk
+    rows = {c * r for c in range(dump.n_chunk)} | {c * r + r - 1 for c in range(dump.n_chunk)}
+    rows |= set(np.random.default_rng(0).integers(0, dump.n_rows, n_random).tolist())
+    rows = sorted(rows)
+    if len(rows) > limit:
+        rows = [rows[i] for i in np.linspace(0, len(rows) - 1, limit).astype(int)]
+    status = check_llama_rows(LlamaRows(dump.all_rows().rows[rows], dump.n_vocab))
+    bad = [rows[i] for i in np.flatnonzero(status)]
+    info.rows_checked, info.n_corrupt = len(rows), len(bad)
+    if bad:
+        info.corrupt_rows = [f"row {b} (chunk {b // r + 1})" for b in bad[:5]]
+        more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
+        info.problem = (f"{len(bad)} of {len(rows)} rows checked are corrupt: "
+                        f"{', '.join(info.corrupt_rows)}{more}")
 
 
 def inspect_dump(path: str | os.PathLike) -> DumpInfo:
     """Describe a logits file without failing on it: header, tokens, and what is wrong."""
     path = os.fspath(path)
-    try:
-        size = os.path.getsize(path)
-    except OSError as e:
-        raise DumpError(f"{path}: cannot open: {e.strerror}") from None
-    info = DumpInfo(path, size)
+    info = DumpInfo(path, regular_file_size(path, "logits file"))
     try:
         with LogitDump(path) as d:
             info.header = (d.n_ctx, d.n_vocab, d.n_chunk)
             info.tokens_sample = d.tokens[:16].tolist()
+            check_sample(d, info)
         return info
     except DumpError as e:
         info.problem = str(e).split(": ", 1)[-1]

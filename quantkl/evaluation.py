@@ -13,11 +13,11 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-from .dumpfile import LogitDump, LogitDumpWriter, scored_rows_per_chunk
+from .dumpfile import LogitDump, LogitDumpWriter, regular_file_size, scored_rows_per_chunk
 from .encoding import encode_llama_rows
 from .runner import ModelError, ModelRunner
-from .scoring import Scorer
-from .stats import KLDResult
+from .scoring import RowError, Scorer
+from .stats import KLDResult, _exp
 
 # Called after each chunk with (chunk number from 1, chunks in all).
 ChunkCallback = Callable[[int, int], None]
@@ -53,12 +53,13 @@ def base_perplexity(nll: np.ndarray) -> BasePerplexity:
     n = len(v)
     mean = float(np.sum(v)) / n
     var = float(np.sum(v * v)) / n - mean * mean
-    ppl = math.exp(mean)
+    ppl = _exp(mean)
     unc = math.sqrt(var / (n - 1)) * ppl if var > 0 and n > 1 else float("nan")
     return BasePerplexity(ppl, unc, n)
 
 
 def read_text(path: str | os.PathLike) -> str:
+    regular_file_size(os.fspath(path), "text file")
     try:
         with open(path, "rb") as f:
             data = f.read()
@@ -91,6 +92,18 @@ def dump_base(model: str | os.PathLike, text_path: str | os.PathLike, out: str |
                 if on_chunk:
                     on_chunk(c + 1, n_chunk)
     return base_perplexity(np.concatenate(nll))
+
+
+def update(scorer: Scorer, dumps, base, other, tokens, chunk: int) -> None:
+    """scorer.update for a dump's chunk (numbered from 1); a row that could not
+    be read (a file shrank under the memory map) is blamed on its file."""
+    try:
+        scorer.update(base, other, tokens, chunk=chunk)
+    except RowError as e:
+        if e.status & 256:
+            for d in dumps:
+                d.check_unchanged()
+        raise
 
 
 @dataclass
@@ -134,7 +147,7 @@ def score_model(dump: LogitDump, model: str | os.PathLike, *, mode: str = "llama
                 logits = runner.chunk_logits(dump.chunk_tokens(ch.index))
                 scored = logits[:dump.rows_per_chunk]
                 t = time.perf_counter()
-                scorer.update(ch.rows, scored, ch.tokens)
+                update(scorer, (dump,), ch.rows, scored, ch.tokens, ch.index + 1)
                 if writer:
                     writer.write_chunk(encode_llama_rows(scored, ch.tokens,
                                                          threads=runner.threads)[0])
@@ -171,7 +184,7 @@ def compare_dumps(base: LogitDump, other: LogitDump, *, mode: str = "llama",
                          f"{i % base.n_ctx} of chunk {i // base.n_ctx + 1})")
     scorer = Scorer(mode=mode, topk=topk, threads=threads)
     for b, o in zip(base.chunks(), other.chunks()):
-        scorer.update(b.rows, o.rows, b.tokens)
+        update(scorer, (base, other), b.rows, o.rows, b.tokens, b.index + 1)
         if on_chunk:
             on_chunk(b.index + 1, base.n_chunk, scorer.result())
     return scorer.result()

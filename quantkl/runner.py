@@ -47,6 +47,11 @@ def _silence_llama_logs(llama_cpp) -> None:
 
 def check_gguf(path: str) -> None:
     """Raise ModelError unless path is a readable GGUF file."""
+    from .dumpfile import DumpError, regular_file_size
+    try:
+        regular_file_size(path, "model")
+    except DumpError as e:
+        raise ModelError(str(e)) from None
     try:
         with open(path, "rb") as f:
             magic = f.read(4)

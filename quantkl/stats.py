@@ -33,13 +33,24 @@ def stat_key(prefix: str, fraction: float) -> str:
     return f"{prefix}_p{fraction * 100:g}".replace(".", "_")
 
 
+def _exp(x: float) -> float:
+    """exp that gives inf, as C would, where math.exp raises (x > 709.78)."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        return float(np.exp(np.float64(x)))
+
+
+def _sqrt(x: float) -> float:
+    """sqrt of a variance: nan for a negative one (rounding of huge values)."""
+    return math.sqrt(x) if x >= 0 else float("nan")
+
+
 def mean_and_uncertainty(total: float, total2: float, n: int) -> Tuple[float, float]:
     """llama.cpp's mean and its standard error from a sum and a sum of squares."""
     if n < 1:
         return 0.0, 0.0
     f = total / n
     v = total2 / n - f * f
-    return f, (math.sqrt(v / (n - 1)) if v > 0 and n > 10 else 0.0)
+    return f, (_sqrt(v / (n - 1)) if v > 0 and n > 10 else 0.0)
 
 
 def covariance(sa: float, sb: float, sab: float, n: int) -> float:
@@ -141,7 +152,10 @@ class KLDResult:
 
     # --- llama.cpp's sums ----------------------------------------------------
     def _sums(self, n: Optional[int] = None) -> Dict[str, float]:
-        sl = slice(0, self.count if n is None else n)
+        with np.errstate(over="ignore", invalid="ignore"):  # extreme values: inf, not warnings
+            return self._sums_of(slice(0, self.count if n is None else n))
+
+    def _sums_of(self, sl: slice) -> Dict[str, float]:
         kld, nll, base, dp = self.kld[sl], self.nll[sl], self.nll_base[sl], self.dp[sl]
         if self.mode == "llama":
             # Products of float values are taken in float, as llama.cpp does.
@@ -165,14 +179,14 @@ class KLDResult:
         a, da = mean_and_uncertainty(s["nll"], s["nll2"], c)
         b, db = mean_and_uncertainty(s["base"], s["base2"], c)
         cov = covariance(s["nll"], s["base"], s["nll_base"], c)
-        ppl, ppl_base = math.exp(a), math.exp(b)
-        ln_ratio_var = da * da + db * db - 2.0 * cov
-        ln_ratio_unc = math.sqrt(ln_ratio_var) if ln_ratio_var >= 0 else float("nan")
-        ppl_diff_var = (ppl * da) ** 2 + (ppl_base * db) ** 2 - 2.0 * ppl * ppl_base * cov
+        ppl, ppl_base = _exp(a), _exp(b)
+        ln_ratio_unc = _sqrt(da * da + db * db - 2.0 * cov)
+        ppl_diff_var = (ppl * da) * (ppl * da) + (ppl_base * db) * (ppl_base * db) \
+            - 2.0 * ppl * ppl_base * cov
         kl, dkl = mean_and_uncertainty(s["kld"], s["kld2"], c)
         dpm, ddpm = mean_and_uncertainty(s["dp"], s["dp2"], c)
         mse, dmse = mean_and_uncertainty(s["dp2"], s["dp4"], c)
-        rms = math.sqrt(mse)
+        rms = _sqrt(mse)
         same = s["same"] / c if c else float("nan")
         return {
             "count": c,
@@ -180,14 +194,14 @@ class KLDResult:
             "ppl_base": ppl_base, "ppl_base_unc": ppl_base * db,
             "cor_ln_ppl": _div(cov, da * db),
             "ln_ppl_ratio": a - b, "ln_ppl_ratio_unc": ln_ratio_unc,
-            "ppl_ratio": math.exp(a - b), "ppl_ratio_unc": math.exp(a - b) * ln_ratio_unc,
+            "ppl_ratio": _exp(a - b), "ppl_ratio_unc": _exp(a - b) * ln_ratio_unc,
             "ppl_diff": ppl - ppl_base,
-            "ppl_diff_unc": math.sqrt(ppl_diff_var) if ppl_diff_var >= 0 else float("nan"),
+            "ppl_diff_unc": _sqrt(ppl_diff_var),
             "kld_mean": kl, "kld_mean_unc": dkl,
             "dp_mean": dpm, "dp_mean_unc": ddpm,
             "dp_rms": rms, "dp_rms_unc": _div(0.5, rms) * dmse,
             "same_top": same,
-            "same_top_unc": math.sqrt(_div(same * (1 - same), c - 1)) if c > 1 else float("nan"),
+            "same_top_unc": _sqrt(_div(same * (1 - same), c - 1)) if c > 1 else float("nan"),
         }
 
     # --- public statistics ---------------------------------------------------
