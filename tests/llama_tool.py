@@ -32,7 +32,9 @@ def llama_perplexity() -> Path:
         return binary
     home.mkdir(parents=True, exist_ok=True)
     if not glob.glob(str(home / "llama_cpp_python-*.tar.gz")):
-        _run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-build-isolation",
+        # pip prepares the sdist's metadata in an isolated build environment
+        # of its own, so nothing beyond pip need be installed here
+        _run([sys.executable, "-m", "pip", "download", "--no-deps",
               "--no-binary", "llama-cpp-python", f"llama-cpp-python=={version}", "-d", str(home)])
     sdist = glob.glob(str(home / "llama_cpp_python-*.tar.gz"))[0]
     with tarfile.open(sdist) as tf:
