@@ -45,7 +45,10 @@ def compiles(compiler, code, flags, link=False):
             f.write(code)
         objs = compiler.compile([src], output_dir=tmp, extra_postargs=flags)
         if link:
-            compiler.link_executable(objs, os.path.join(tmp, "probe"), extra_postargs=flags)
+            # distutils gives LDFLAGS to shared links only; a sanitizer build needs them here too
+            ldflags = os.environ.get("LDFLAGS", "").split()
+            compiler.link_executable(objs, os.path.join(tmp, "probe"),
+                                     extra_postargs=flags + ldflags)
         return True
     except Exception:
         return False
