@@ -1,20 +1,25 @@
 """A GGUF model evaluated chunk by chunk exactly as llama-perplexity does (SPEC §1, §5).
 
-Uses llama-cpp-python's C API directly: one context of ``n_ctx`` with
-``n_batch = n_ctx`` and flash attention on, the KV cache cleared before every
-chunk, each chunk decoded as one batch, BOS substituted for the first token
-when the vocabulary adds BOS. Like llama-perplexity, it asks llama.cpp for
-logits only at the scored half of the chunk (positions from ``n_ctx / 2``): at
-a large vocabulary the output layer is most of a small model's work. The
-logits of a chunk are a view of llama.cpp's own output buffer, handed to the
-kernels in place: no copy, and never more than one chunk alive.
+Uses llama-cpp-python's C API directly, as llama-perplexity sets llama.cpp up:
+flash attention on, the KV cache cleared before every group of chunks, BOS
+substituted for the first token of each chunk when the vocabulary adds BOS.
+``parallel`` chunks are decoded together as separate sequences (its n_seq),
+each decode carrying the same slice of every chunk (``batch`` tokens at
+most). Like llama-perplexity it asks llama.cpp for logits only at the scored
+half of a chunk (positions from ``n_ctx / 2``): at a large vocabulary the
+output layer is most of a small model's work. When one decode covers whole
+chunks, their logits are a view of llama.cpp's own output buffer, handed to
+the kernels in place; otherwise the slices are gathered into one buffer.
 """
 from __future__ import annotations
 
 import ctypes
 import os
+import re
+import sys
 import time
-from typing import Optional
+from dataclasses import dataclass
+from typing import List, Optional, Sequence
 
 import numpy as np
 
@@ -35,14 +40,75 @@ def _llama():
 
 
 _SILENCE = None
+_OFFLOAD_LINES: List[str] = []  # llama.cpp's "offloaded N/M layers to GPU", kept when silenced
 
 
 def _silence_llama_logs(llama_cpp) -> None:
-    """llama.cpp logs every tensor it loads to stderr; quantkl prints its own summary."""
+    """llama.cpp logs every tensor it loads to stderr; quantkl prints its own
+    summary, keeping only the line that says how many layers were offloaded."""
     global _SILENCE
     if _SILENCE is None:
-        _SILENCE = llama_cpp.llama_log_callback(lambda level, text, user: None)
+        def keep(level, text, user):
+            line = text.decode(errors="replace") if text else ""
+            if "offloaded" in line and "layers" in line:
+                _OFFLOAD_LINES.append(line.strip())
+        _SILENCE = llama_cpp.llama_log_callback(keep)
         llama_cpp.llama_log_set(_SILENCE, ctypes.c_void_p(0))
+
+
+@dataclass
+class ModelOptions:
+    """How llama.cpp runs a model: the options of every command that runs one.
+
+    gpu_layers: layers offloaded to the GPU (llama-perplexity's -ngl); 0 keeps
+        everything on the CPU. With a llama-cpp-python built without GPU
+        support a request is noted once on stderr and the CPU is used.
+    batch: most tokens per llama_decode call (default: ``parallel`` whole
+        chunks, one call per group); ubatch: llama.cpp's micro-batch (default
+        512, at most ``batch``).
+    threads / threads_batch: llama.cpp's generation and batch threads
+        (default: all cores; threads_batch defaults to threads).
+    parallel: chunks decoded together as separate sequences (n_seq). The
+        numbers do not change, only the speed.
+    """
+    gpu_layers: int = 0
+    batch: Optional[int] = None
+    ubatch: Optional[int] = None
+    threads: Optional[int] = None
+    threads_batch: Optional[int] = None
+    parallel: int = 1
+
+    def check(self) -> "ModelOptions":
+        for name in ("batch", "ubatch", "threads", "threads_batch"):
+            v = getattr(self, name)
+            if v is not None and v < 1:
+                raise ValueError(f"{name} must be at least 1, got {v}")
+        if self.gpu_layers < 0:
+            raise ValueError(f"gpu_layers must be 0 or more, got {self.gpu_layers}")
+        if self.parallel < 1:
+            raise ValueError(f"parallel must be at least 1, got {self.parallel}")
+        return self
+
+    def to_dict(self) -> dict:
+        return {"gpu_layers": self.gpu_layers, "batch": self.batch, "ubatch": self.ubatch,
+                "threads": self.threads, "threads_batch": self.threads_batch,
+                "parallel": self.parallel}
+
+
+_WARNED_NO_GPU = False
+
+
+def _warn_no_gpu(llama_cpp, gpu_layers: int) -> bool:
+    """True when offload was asked for and this llama.cpp cannot do it (said once)."""
+    global _WARNED_NO_GPU
+    if gpu_layers <= 0 or llama_cpp.llama_supports_gpu_offload():
+        return False
+    if not _WARNED_NO_GPU:
+        print(f"quantkl: --gpu-layers {gpu_layers} asked for, but this llama-cpp-python was built "
+              f"without GPU support; running on the CPU (see README: GPU offload)",
+              file=sys.stderr)
+        _WARNED_NO_GPU = True
+    return True
 
 
 def check_gguf(path: str) -> None:
@@ -101,23 +167,30 @@ class Vocabulary:
 
 
 class ModelRunner:
-    """One GGUF model with a context of ``n_ctx`` tokens, ready to evaluate chunks."""
+    """One GGUF model with a context of ``n_ctx`` tokens per chunk, ready to
+    evaluate chunks (``parallel`` of them at a time)."""
 
-    def __init__(self, model_path: str | os.PathLike, n_ctx: int, threads: Optional[int] = None,
-                 verbose: bool = False):
+    def __init__(self, model_path: str | os.PathLike, n_ctx: int,
+                 options: Optional[ModelOptions] = None, verbose: bool = False):
         self.path = os.fspath(model_path)
         check_gguf(self.path)
+        options = (options or ModelOptions()).check()
         if n_ctx < 3:
             raise ModelError(f"context must be at least 3 tokens, got {n_ctx}")
         lc = self._lc = _llama()
         if not verbose:
             _silence_llama_logs(lc)
         lc.llama_backend_init()
-        self._model = lc.llama_model_load_from_file(self.path.encode(),
-                                                    lc.llama_model_default_params())
+        self.gpu_unavailable = _warn_no_gpu(lc, options.gpu_layers)
+        mp = lc.llama_model_default_params()
+        mp.n_gpu_layers = options.gpu_layers
+        del _OFFLOAD_LINES[:]
+        self._model = lc.llama_model_load_from_file(self.path.encode(), mp)
         if not self._model:
             raise ModelError(f"{self.path}: llama.cpp could not load this model")
         self._ctx = self._batch = None
+        self.n_layer = int(lc.llama_model_n_layer(self._model))
+        self.offloaded = self._offloaded_layers(options.gpu_layers)
         self.n_ctx_train = lc.llama_model_n_ctx_train(self._model)
         if n_ctx > self.n_ctx_train:
             self.close()
@@ -133,37 +206,88 @@ class ModelRunner:
         lc.llama_model_desc(self._model, buf, len(buf))
         self.description = buf.value.decode(errors="replace")
         self.n_ctx = n_ctx
-        self.threads = thread_count(threads)
+        self.parallel = options.parallel
+        self.threads = thread_count(options.threads)
+        self.threads_batch = thread_count(options.threads_batch or options.threads)
+        # one decode carries the same slice of every chunk in the group
+        group = n_ctx * self.parallel
+        self.n_batch = min(options.batch or group, group)
+        if self.n_batch < self.parallel:
+            self.close()
+            raise ModelError(f"--batch {self.n_batch} is smaller than --parallel {self.parallel}: "
+                             f"a decode carries a slice of every chunk in the group")
+        self.slice = min(n_ctx, self.n_batch // self.parallel)
+        self.n_ubatch = min(options.ubatch or 512, self.n_batch)
+        self.options = options
         p = lc.llama_context_default_params()
-        p.n_ctx = n_ctx
-        p.n_batch = n_ctx
-        p.n_ubatch = min(512, n_ctx)  # llama-perplexity's default micro-batch
-        p.n_seq_max = 1
-        p.n_threads = p.n_threads_batch = self.threads
+        p.n_ctx = group
+        p.n_batch = self.n_batch
+        p.n_ubatch = self.n_ubatch
+        p.n_seq_max = self.parallel
+        p.n_threads = self.threads
+        p.n_threads_batch = self.threads_batch
         p.flash_attn_type = lc.LLAMA_FLASH_ATTN_TYPE_ENABLED
         self._ctx = lc.llama_init_from_model(self._model, p)
         if not self._ctx:
             self.close()
-            raise ModelError(f"{self.path}: llama.cpp could not create a context of {n_ctx}")
-        self._batch = lc.llama_batch_init(n_ctx, 0, 1)
+            raise ModelError(f"{self.path}: llama.cpp could not create a context of {group} "
+                             f"tokens ({self.parallel} x {n_ctx})")
+        self._batch = lc.llama_batch_init(self.n_batch, 0, 1)
+        self._gathered = None
         self.decode_seconds = 0.0  # time spent in llama.cpp's forward passes
+
+    def _offloaded_layers(self, asked: int) -> int:
+        """Layers llama.cpp put on the GPU: its own log line when it wrote one."""
+        for line in reversed(_OFFLOAD_LINES):
+            m = re.search(r"offloaded (\d+)/(\d+) layers", line)
+            if m:
+                return int(m.group(1))
+        if asked <= 0 or self.gpu_unavailable:
+            return 0
+        return min(asked, self.n_layer + 1)  # llama.cpp counts the output layer too
 
     @property
     def bits_per_weight(self) -> float:
         """Model size in bits over parameter count, as llama.cpp reports it (BPW)."""
         return 8.0 * self.size_bytes / self.n_params if self.n_params else float("nan")
 
-    def tokenize(self, text: str) -> np.ndarray:
-        """The whole text as token ids, with the special tokens the vocabulary adds (BOS)."""
+    def tokenize(self, text: str, special: bool = False) -> np.ndarray:
+        """The whole text as token ids, with the special tokens the vocabulary
+        adds (BOS); ``special`` also reads special-token markers in the text
+        (chat templates write them) as the tokens they name."""
         lc = self._lc
         data = text.encode("utf-8")
         cap = len(data) + 2
         while True:
             out = (lc.llama_token * cap)()
-            n = lc.llama_tokenize(self._vocab, data, len(data), out, cap, True, False)
+            n = lc.llama_tokenize(self._vocab, data, len(data), out, cap, True, special)
             if n >= 0:
                 return np.ctypeslib.as_array(out)[:n].astype(np.int32)
             cap = -n
+
+    def chat_template(self) -> Optional[str]:
+        """The chat template in the model's GGUF metadata, or None."""
+        t = self._lc.llama_model_chat_template(self._model, None)
+        return t.decode("utf-8", errors="replace") if t else None
+
+    def apply_chat_template(self, template: str, messages: Sequence[dict]) -> str:
+        """One conversation as text, by llama.cpp's own template application
+        (llama_chat_apply_template: the templates llama.cpp recognises)."""
+        lc = self._lc
+        keep = [(m["role"].encode(), m["content"].encode()) for m in messages]
+        chat = (lc.llama_chat_message * len(keep))(*[lc.llama_chat_message(r, c)
+                                                      for r, c in keep])
+        tmpl = template.encode()
+        size = 4 * sum(len(r) + len(c) for r, c in keep) + 1024
+        while True:
+            buf = ctypes.create_string_buffer(size)
+            n = lc.llama_chat_apply_template(tmpl, chat, len(keep), False, buf, size)
+            if n < 0:
+                raise ModelError(f"{self.path}: llama.cpp does not recognise this model's chat "
+                                 f"template, so it cannot format conversations")
+            if n <= size:
+                return buf.raw[:n].decode("utf-8", errors="replace")
+            size = n + 1
 
     @property
     def first(self) -> int:
@@ -172,32 +296,61 @@ class ModelRunner:
 
     def chunk_logits(self, tokens: np.ndarray) -> np.ndarray:
         """float32 logits (n_ctx - first, n_vocab) of one chunk at positions
-        first .. n_ctx - 1: a view into llama.cpp's buffer, valid until the
-        next call. Row j predicts token first + j + 1."""
+        first .. n_ctx - 1, valid until the next call. Row j predicts token
+        first + j + 1."""
+        return self.group_logits([tokens])[0]
+
+    def group_logits(self, chunks: Sequence[np.ndarray]) -> np.ndarray:
+        """Logits (len(chunks), n_ctx - first, n_vocab) of up to ``parallel``
+        chunks decoded together, one sequence each; valid until the next call."""
         lc = self._lc
-        if len(tokens) != self.n_ctx:
-            raise ValueError(f"a chunk is {self.n_ctx} tokens, got {len(tokens)}")
+        n_seq = len(chunks)
+        if not 1 <= n_seq <= self.parallel:
+            raise ValueError(f"a group is 1 to {self.parallel} chunks, got {n_seq}")
+        for t in chunks:
+            if len(t) != self.n_ctx:
+                raise ValueError(f"a chunk is {self.n_ctx} tokens, got {len(t)}")
         start = time.perf_counter()
         lc.llama_memory_clear(lc.llama_get_memory(self._ctx), True)
-        b = self._batch
-        b.n_tokens = self.n_ctx
-        first = self.first
-        for i, t in enumerate(tokens.tolist()):
-            b.token[i] = self.bos if (i == 0 and self.add_bos) else t
-            b.pos[i] = i
-            b.n_seq_id[i] = 1
-            b.seq_id[i][0] = 0
-            b.logits[i] = i >= first
-        rc = lc.llama_decode(self._ctx, b)
-        if rc != 0:
-            raise RuntimeError(f"llama_decode failed with status {rc}")
-        ptr = lc.llama_get_logits_ith(self._ctx, first)
-        out = np.ctypeslib.as_array(ptr, shape=(self.n_ctx - first, self.n_vocab))
+        first, n_out = self.first, self.n_ctx - self.first
+        token_lists = [t.tolist() for t in chunks]
+        pieces = range(0, self.n_ctx, self.slice)
+        out = None
+        if len(pieces) > 1:
+            if self._gathered is None or self._gathered.shape[0] < n_seq:
+                self._gathered = np.empty((self.parallel, n_out, self.n_vocab), np.float32)
+            out = self._gathered[:n_seq]
+        for lo in pieces:
+            hi = min(lo + self.slice, self.n_ctx)
+            b = self._batch
+            i = 0
+            for seq, toks in enumerate(token_lists):
+                for pos in range(lo, hi):
+                    b.token[i] = self.bos if (pos == 0 and self.add_bos) else toks[pos]
+                    b.pos[i] = pos
+                    b.n_seq_id[i] = 1
+                    b.seq_id[i][0] = seq
+                    b.logits[i] = pos >= first
+                    i += 1
+            b.n_tokens = i
+            rc = lc.llama_decode(self._ctx, b)
+            if rc != 0:
+                raise RuntimeError(f"llama_decode failed with status {rc}")
+            n_here = max(0, hi - max(lo, first))
+            if n_here == 0:
+                continue
+            view = np.ctypeslib.as_array(lc.llama_get_logits(self._ctx),
+                                         shape=(n_seq, n_here, self.n_vocab))
+            if out is None:
+                self.decode_seconds += time.perf_counter() - start
+                return view
+            out[:, max(lo, first) - first:hi - first] = view
         self.decode_seconds += time.perf_counter() - start
         return out
 
     def close(self) -> None:
         lc = self._lc
+        self._gathered = None
         if self._batch is not None:
             lc.llama_batch_free(self._batch)
             self._batch = None
