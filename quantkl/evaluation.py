@@ -8,14 +8,15 @@ from __future__ import annotations
 import math
 import os
 import time
-from dataclasses import dataclass
-from typing import Callable, Optional, Sequence
+from dataclasses import dataclass, field
+from typing import Callable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .dumpfile import LogitDump, LogitDumpWriter, regular_file_size, scored_rows_per_chunk
+from .dumpfile import LogitDump, LogitDumpWriter, scored_rows_per_chunk
 from .encoding import encode_llama_rows
-from .runner import ModelError, ModelRunner
+from .inputs import EvalText
+from .runner import ModelError, ModelOptions, ModelRunner
 from .scoring import RowError, Scorer
 from .stats import KLDResult, _exp
 
@@ -58,40 +59,92 @@ def base_perplexity(nll: np.ndarray) -> BasePerplexity:
     return BasePerplexity(ppl, unc, n)
 
 
-def read_text(path: str | os.PathLike) -> str:
-    regular_file_size(os.fspath(path), "text file")
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError as e:
-        raise ValueError(f"{path}: cannot read text: {e.strerror}") from None
-    if not data.strip():
-        raise ValueError(f"{path}: the text file is empty")
-    return data.decode("utf-8", errors="replace")
-
-
-def dump_base(model: str | os.PathLike, text_path: str | os.PathLike, out: str | os.PathLike, *,
-              n_ctx: int = 512, chunks: Optional[int] = None, threads: Optional[int] = None,
+def dump_base(model: str | os.PathLike, text: "EvalText | str | os.PathLike | Sequence",
+              out: str | os.PathLike, *,
+              n_ctx: int = 512, chunks: Optional[int] = None,
+              options: Optional[ModelOptions] = None,
               on_chunk: Optional[ChunkCallback] = None, verbose: bool = False) -> BasePerplexity:
-    """Write the base model's llama.cpp logits file for a text; return its perplexity."""
-    text = read_text(text_path)
-    with ModelRunner(model, n_ctx, threads, verbose) as runner:
-        tokens = runner.tokenize(text)
+    """Write the base model's llama.cpp logits file for a text; return its perplexity.
+
+    ``text`` says what is evaluated (text files, or chat conversations put
+    through the model's own template); a description of it is written beside
+    the dump (``OUT.input.json``) and copied into later scores' records."""
+    if not isinstance(text, EvalText):
+        text = EvalText([text] if isinstance(text, (str, os.PathLike)) else text)
+    with ModelRunner(model, n_ctx, options, verbose) as runner:
+        tokens = text.tokenize(runner)
         n_chunk = count_chunks(len(tokens), n_ctx, chunks)
         tokens = tokens[:n_chunk * n_ctx]
         first = runner.first
         nll = []
         with LogitDumpWriter(out, n_ctx, runner.n_vocab, tokens) as writer:
-            for c in range(n_chunk):
-                chunk = tokens[c * n_ctx:(c + 1) * n_ctx]
-                logits = runner.chunk_logits(chunk)
-                rows, chunk_nll = encode_llama_rows(logits[:n_ctx - 1 - first], chunk[first + 1:],
-                                                    threads=runner.threads)
-                writer.write_chunk(rows)
-                nll.append(chunk_nll)
-                if on_chunk:
-                    on_chunk(c + 1, n_chunk)
+            for group in chunk_groups(0, n_chunk, runner.parallel):
+                logits = runner.group_logits([tokens[c * n_ctx:(c + 1) * n_ctx] for c in group])
+                for k, c in enumerate(group):
+                    chunk = tokens[c * n_ctx:(c + 1) * n_ctx]
+                    rows, chunk_nll = encode_llama_rows(logits[k, :n_ctx - 1 - first],
+                                                        chunk[first + 1:], threads=runner.threads)
+                    writer.write_chunk(rows)
+                    nll.append(chunk_nll)
+                    if on_chunk:
+                        on_chunk(c + 1, n_chunk)
+            text.write_description(writer.path, runner)
     return base_perplexity(np.concatenate(nll))
+
+
+def chunk_groups(start: int, stop: int, size: int) -> Iterator[List[int]]:
+    """Chunk indices start..stop-1 in groups of ``size`` (decoded together)."""
+    for lo in range(start, stop, size):
+        yield list(range(lo, min(lo + size, stop)))
+
+
+def chunk_range(text: Optional[str], n_chunk: int) -> Tuple[int, int]:
+    """``A:B`` (chunk indices from 0, half-open, either end optional, as a
+    Python slice) checked against a dump of ``n_chunk`` chunks."""
+    if text is None:
+        return 0, n_chunk
+    parts = str(text).split(":")
+    try:
+        if len(parts) != 2:
+            raise ValueError
+        a = int(parts[0]) if parts[0].strip() else 0
+        b = int(parts[1]) if parts[1].strip() else n_chunk
+    except ValueError:
+        raise ValueError(f"--chunks takes A:B (chunk indices from 0, B excluded), got {text!r}"
+                         ) from None
+    if not 0 <= a < b <= n_chunk:
+        raise ValueError(f"--chunks {text}: the dump has chunks 0:{n_chunk}; a range needs "
+                         f"0 <= A < B <= {n_chunk}")
+    return a, b
+
+
+@dataclass
+class StopRule:
+    """Stop once the mean KLD is known well enough: its uncertainty (the ±
+    llama-perplexity prints) at most ``unc`` nats, or at most ``unc_rel`` of
+    the mean. Checked after every chunk."""
+    unc: Optional[float] = None
+    unc_rel: Optional[float] = None
+
+    def __post_init__(self):
+        for name in ("unc", "unc_rel"):
+            v = getattr(self, name)
+            if v is not None and not (math.isfinite(v) and v > 0):
+                raise ValueError(f"target {name.replace('_', '-')} must be a positive number, "
+                                 f"got {v}")
+
+    def reached(self, result: KLDResult) -> Optional[str]:
+        """Why to stop now, or None."""
+        if result.count < 2:
+            return None
+        mean, unc = result.kld_mean, result.kld_mean_unc
+        if not math.isfinite(unc):
+            return None
+        if self.unc is not None and unc <= self.unc:
+            return f"mean KLD uncertainty {unc:.6f} <= target {self.unc:g}"
+        if self.unc_rel is not None and mean > 0 and unc <= self.unc_rel * mean:
+            return (f"mean KLD uncertainty {unc:.6f} <= {self.unc_rel:g} x mean {mean:.6f}")
+        return None
 
 
 def update(scorer: Scorer, dumps, base, other, tokens, chunk: int) -> None:
@@ -107,33 +160,61 @@ def update(scorer: Scorer, dumps, base, other, tokens, chunk: int) -> None:
 
 
 @dataclass
-class RunTimes:
-    """Where a scoring run's wall time went, in seconds."""
+class RunInfo:
+    """What a scoring run did: the chunks it scored, why it stopped, and where
+    its wall time went (seconds)."""
+    chunks: Tuple[int, int] = (0, 0)      # the range asked for (indices, B excluded)
+    scored: Tuple[int, int] = (0, 0)      # the range scored (shorter when a target stopped it)
+    stop_reason: str = "end of the chunk range"
     wall: float = 0.0
     model: float = 0.0    # llama.cpp's forward passes
     scoring: float = 0.0  # quantkl's kernels (and the encoder for --save)
 
-    def to_dict(self) -> dict:
+    def timing(self) -> dict:
         return {"wall_seconds": self.wall, "model_seconds": self.model,
                 "scoring_seconds": self.scoring,
                 "other_seconds": max(0.0, self.wall - self.model - self.scoring)}
 
+    def to_dict(self) -> dict:
+        return {"chunks": list(self.chunks), "chunks_scored": list(self.scored),
+                "stop_reason": self.stop_reason}
+
+    def summary(self) -> str:
+        a, b = self.scored
+        n = b - a
+        return f"scored chunks {a}:{b} ({n} chunk{'s' if n != 1 else ''}): {self.stop_reason}"
+
+
+# Called after each chunk with (chunk number from 1 in the dump, chunks in
+# the dump, the running result).
+ResultCallback = Callable[[int, int, KLDResult], None]
+
 
 def score_model(dump: LogitDump, model: str | os.PathLike, *, mode: str = "llama",
                 topk: Sequence[int] = (1, 5, 10), save: Optional[str | os.PathLike] = None,
-                threads: Optional[int] = None, on_chunk: Optional[Callable[[int, int, KLDResult], None]] = None,
+                options: Optional[ModelOptions] = None, chunks: Optional[Tuple[int, int]] = None,
+                stop: Optional[StopRule] = None, on_chunk: Optional[ResultCallback] = None,
                 verbose: bool = False, runner: Optional[ModelRunner] = None,
-                times: Optional[RunTimes] = None) -> KLDResult:
+                info: Optional[RunInfo] = None) -> KLDResult:
     """Run a model on a dump's own tokens and score it against the dump, chunk by chunk.
 
-    ``on_chunk(chunk_number, n_chunk, running_result)`` follows every chunk
-    (for the per-chunk table). ``save`` also writes the model's own dump.
-    ``times``, if given, receives where the wall time went.
+    ``chunks`` (A, B) scores chunk indices A..B-1 only (a shard; see
+    ``quantkl merge``); ``stop`` ends the run early once the mean KLD is
+    precise enough. ``on_chunk(chunk_number, n_chunk, running_result)``
+    follows every chunk (for the per-chunk table). ``save`` also writes the
+    model's own dump (whole dumps only). ``info``, if given, receives what was
+    scored, why it stopped and where the wall time went.
     """
     start = time.perf_counter()
+    info = info if info is not None else RunInfo()
+    a, b = chunks if chunks is not None else (0, dump.n_chunk)
+    info.chunks = info.scored = (a, b)
+    if save and ((a, b) != (0, dump.n_chunk) or stop):
+        raise ValueError("--save writes a whole dump: it cannot be combined with --chunks or a "
+                         "target uncertainty")
     own = runner is None
     if own:
-        runner = ModelRunner(model, dump.n_ctx, threads, verbose)
+        runner = ModelRunner(model, dump.n_ctx, options, verbose)
     decoded_before = runner.decode_seconds
     scoring = 0.0
     try:
@@ -143,17 +224,27 @@ def score_model(dump: LogitDump, model: str | os.PathLike, *, mode: str = "llama
         scorer = Scorer(mode=mode, topk=topk, threads=runner.threads)
         writer = LogitDumpWriter(save, dump.n_ctx, dump.n_vocab, dump.tokens) if save else None
         try:
-            for ch in dump.chunks():
-                logits = runner.chunk_logits(dump.chunk_tokens(ch.index))
-                scored = logits[:dump.rows_per_chunk]
-                t = time.perf_counter()
-                update(scorer, (dump,), ch.rows, scored, ch.tokens, ch.index + 1)
-                if writer:
-                    writer.write_chunk(encode_llama_rows(scored, ch.tokens,
-                                                         threads=runner.threads)[0])
-                scoring += time.perf_counter() - t
-                if on_chunk:
-                    on_chunk(ch.index + 1, dump.n_chunk, scorer.result())
+            for group in chunk_groups(a, b, runner.parallel):
+                logits = runner.group_logits([dump.chunk_tokens(c) for c in group])
+                for k, c in enumerate(group):
+                    ch = dump.chunk(c)
+                    scored = logits[k, :dump.rows_per_chunk]
+                    t = time.perf_counter()
+                    update(scorer, (dump,), ch.rows, scored, ch.tokens, c + 1)
+                    if writer:
+                        writer.write_chunk(encode_llama_rows(scored, ch.tokens,
+                                                             threads=runner.threads)[0])
+                    scoring += time.perf_counter() - t
+                    running = scorer.result()
+                    if on_chunk:
+                        on_chunk(c + 1, dump.n_chunk, running)
+                    reason = stop.reached(running) if stop else None
+                    if reason:
+                        info.scored, info.stop_reason = (a, c + 1), reason
+                        break
+                else:
+                    continue
+                break
         except BaseException:
             if writer:
                 writer.abort()
@@ -162,18 +253,21 @@ def score_model(dump: LogitDump, model: str | os.PathLike, *, mode: str = "llama
             writer.close()
         return scorer.result()
     finally:
-        if times is not None:
-            times.model = runner.decode_seconds - decoded_before
-            times.scoring = scoring
-            times.wall = time.perf_counter() - start
+        info.model = runner.decode_seconds - decoded_before
+        info.scoring = scoring
+        info.wall = time.perf_counter() - start
         if own:
             runner.close()
 
 
 def compare_dumps(base: LogitDump, other: LogitDump, *, mode: str = "llama",
                   topk: Sequence[int] = (1, 5, 10), threads: Optional[int] = None,
-                  on_chunk: Optional[Callable[[int, int, KLDResult], None]] = None) -> KLDResult:
-    """Score two saved dumps of the same tokens against each other; no model needed."""
+                  chunks: Optional[Tuple[int, int]] = None, stop: Optional[StopRule] = None,
+                  on_chunk: Optional[ResultCallback] = None,
+                  info: Optional[RunInfo] = None) -> KLDResult:
+    """Score two saved dumps of the same tokens against each other; no model
+    needed. ``chunks``, ``stop`` and ``info`` as for :func:`score_model`."""
+    start = time.perf_counter()
     if (base.n_ctx, base.n_vocab, base.n_chunk) != (other.n_ctx, other.n_vocab, other.n_chunk):
         raise ValueError(f"dumps differ in shape: {base.path} has n_ctx={base.n_ctx}, "
                          f"n_vocab={base.n_vocab}, {base.n_chunk} chunks; {other.path} has "
@@ -182,13 +276,24 @@ def compare_dumps(base: LogitDump, other: LogitDump, *, mode: str = "llama",
         i = int(np.argmax(base.tokens != other.tokens))
         raise ValueError(f"dumps were made from different tokens (first difference at position "
                          f"{i % base.n_ctx} of chunk {i // base.n_ctx + 1})")
+    info = info if info is not None else RunInfo()
+    a, b = chunks if chunks is not None else (0, base.n_chunk)
+    info.chunks = info.scored = (a, b)
     scorer = Scorer(mode=mode, topk=topk, threads=threads)
-    for b, o in zip(base.chunks(), other.chunks()):
-        update(scorer, (base, other), b.rows, o.rows, b.tokens, b.index + 1)
+    for c in range(a, b):
+        bc, oc = base.chunk(c), other.chunk(c)
+        update(scorer, (base, other), bc.rows, oc.rows, bc.tokens, c + 1)
+        running = scorer.result()
         if on_chunk:
-            on_chunk(b.index + 1, base.n_chunk, scorer.result())
+            on_chunk(c + 1, base.n_chunk, running)
+        reason = stop.reached(running) if stop else None
+        if reason:
+            info.scored, info.stop_reason = (a, c + 1), reason
+            break
+    info.wall = time.perf_counter() - start
+    info.scoring = info.wall
     return scorer.result()
 
 
 __all__ = ["count_chunks", "dump_base", "score_model", "compare_dumps", "base_perplexity",
-           "BasePerplexity", "RunTimes", "scored_rows_per_chunk"]
+           "BasePerplexity", "RunInfo", "StopRule", "chunk_range", "scored_rows_per_chunk"]

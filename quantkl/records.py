@@ -13,7 +13,7 @@ import hashlib
 import json
 import os
 import zipfile
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Sequence
 
 import numpy as np
 
@@ -62,20 +62,26 @@ def check_record_path(path: str, force: bool = False) -> None:
         raise ValueError(f"{path} exists; pass --force to overwrite it")
 
 
+def build_record(result: KLDResult, meta: Dict[str, Any], sidecar: str) -> Dict[str, Any]:
+    """The record's JSON content: identity, the run's ``meta``, every statistic."""
+    from . import __version__
+    record = {"record_version": RECORD_VERSION, "quantkl_version": __version__,
+              "mode": result.mode, "count": result.count, "topk": list(result.topk)}
+    record.update(meta)
+    record["statistics"] = result.to_dict()
+    record["per_token_summary"] = per_token_summary(result)
+    record["per_token_file"] = os.path.basename(sidecar)
+    return record
+
+
 def write_record(path: str, result: KLDResult, meta: Dict[str, Any], force: bool = True) -> str:
     """Write ``path`` (JSON) and its ``.npz`` sidecar; returns the sidecar's path.
 
     Both are written to ``.partial`` files and renamed only when both are
     whole: a full disk or an error leaves neither half behind."""
-    from . import __version__
     check_record_path(path, force)
     sidecar = sidecar_path(path)
-    record = {"record_version": RECORD_VERSION, "quantkl_version": __version__,
-              "mode": result.mode, "count": result.count}
-    record.update(meta)
-    record["statistics"] = result.to_dict()
-    record["per_token_summary"] = per_token_summary(result)
-    record["per_token_file"] = os.path.basename(sidecar)
+    record = build_record(result, meta, sidecar)
     partials = [sidecar + ".partial", path + ".partial"]
     try:
         with named_errors(partials[0]), open(partials[0], "wb") as f:  # numpy adds no suffix
@@ -172,6 +178,73 @@ def load_result(path: str, record: Optional[Dict[str, Any]] = None) -> KLDResult
         if name != "chunk_ends" and (a.ndim != 1 or len(a) != n):
             raise ValueError(f"{path}: {sidecar} holds {a.shape} for '{name}', the record "
                              f"counts {n} tokens")
+    topk = record.get("topk", [1, 5, 10])
+    if not (isinstance(topk, list) and topk and all(isinstance(k, int) and 1 <= k <= 10
+                                                    for k in topk)):
+        raise ValueError(f"{path}: field 'topk' is not a list of whole numbers in 1..10")
     return KLDResult(arrays["kld"], arrays["nll"], arrays["nll_base"], arrays["rank"],
-                     record["mode"], chunk_ends=arrays["chunk_ends"].tolist(),
+                     record["mode"], topk, chunk_ends=arrays["chunk_ends"].tolist(),
                      top_base=arrays["top_base"], top_other=arrays["top_other"])
+
+
+# What must be equal in shards of one run, and the name a user knows it by.
+_SHARD_IDENTITY = (("kind", "kind"), ("mode", "mode"), ("tokens_sha256", "tokens"),
+                   ("n_ctx", "context"), ("n_chunk", "dump length"), ("n_vocab", "vocabulary"),
+                   ("topk", "top-k list"))
+
+
+def _file_identity(entry: Any) -> Any:
+    return (entry.get("file"), entry.get("size_bytes")) if isinstance(entry, dict) else None
+
+
+def merge_records(paths: Sequence[str], out: str, force: bool = False) -> Dict[str, Any]:
+    """Merge shard records (``--chunks A:B`` runs of one quant against one
+    base) into the record scoring their union would have written: the
+    per-token arrays are concatenated in chunk order and every statistic
+    recomputed from them, so the figures agree to the last digit. Refuses
+    shards of other runs, overlapping shards and gaps. Returns the record."""
+    if len(paths) < 1:
+        raise ValueError("no records to merge")
+    check_record_path(out, force)
+    shards = []
+    for p in paths:
+        rec = read_record(p)
+        c = rec.get("chunks_scored")
+        if not (isinstance(c, list) and len(c) == 2 and all(isinstance(x, int) for x in c)):
+            c = [0, rec.get("n_chunk")]
+            if not isinstance(c[1], int):
+                raise ValueError(f"{p}: the record says neither its chunks nor n_chunk")
+        shards.append((c[0], c[1], p, rec))
+    shards.sort(key=lambda s: s[:2])
+    _, _, p0, r0 = shards[0]
+    for a, b, p, rec in shards[1:]:
+        for key, what in _SHARD_IDENTITY:
+            if rec.get(key) != r0.get(key):
+                raise ValueError(f"{p} and {p0} differ in {what} ({rec.get(key)!r} vs "
+                                 f"{r0.get(key)!r}): not shards of one run")
+        for key in ("base", "model", "other"):
+            if _file_identity(rec.get(key)) != _file_identity(r0.get(key)):
+                raise ValueError(f"{p} and {p0} were scored with different {key} files: not "
+                                 f"shards of one run")
+    for (a1, b1, p1, _), (a2, b2, p2, _) in zip(shards, shards[1:]):
+        if a2 < b1:
+            raise ValueError(f"{p1} (chunks {a1}:{b1}) and {p2} (chunks {a2}:{b2}) overlap")
+        if a2 > b1:
+            raise ValueError(f"chunks {b1}:{a2} are missing between {p1} and {p2}")
+    results = [load_result(p, rec) for _, _, p, rec in shards]
+    total = results[0]
+    for r in results[1:]:
+        total = total + r
+    a, b = shards[0][0], shards[-1][1]
+    meta = {k: v for k, v in r0.items()
+            if k not in ("record_version", "quantkl_version", "mode", "count", "topk",
+                         "statistics", "per_token_summary", "per_token_file", "timing")}
+    meta.update(chunks=[a, b], chunks_scored=[a, b],
+                stop_reason=f"merged from {len(shards)} shards",
+                merged_from=[{"file": os.path.basename(p), "chunks_scored": [x, y]}
+                             for x, y, p, _ in shards])
+    timings = [rec.get("timing") for *_, rec in shards]
+    if all(isinstance(t, dict) for t in timings):
+        meta["timing"] = {k: sum(float(t.get(k, 0.0)) for t in timings) for k in timings[0]}
+    write_record(out, total, meta, force)
+    return read_record(out)

@@ -62,6 +62,14 @@ def load_records(paths: Sequence[str]) -> List[QuantRecord]:
     return out
 
 
+def scored_chunks(record: Dict[str, Any]) -> Tuple[int, int]:
+    """The chunk range a record covers (records before --chunks covered all)."""
+    c = record.get("chunks_scored")
+    if isinstance(c, list) and len(c) == 2:
+        return int(c[0]), int(c[1])
+    return 0, int(record.get("n_chunk", 0))
+
+
 def check_comparable(records: Sequence[QuantRecord]) -> None:
     """Refuse records of different bases, tokens or modes."""
     first = records[0]
@@ -70,6 +78,10 @@ def check_comparable(records: Sequence[QuantRecord]) -> None:
             if r.record.get(key) != first.record.get(key):
                 raise ValueError(f"{r.path} and {first.path} were scored on different {what}; "
                                  f"records must share base, tokens and mode to be compared")
+        c1, c2 = scored_chunks(first.record), scored_chunks(r.record)
+        if c1 != c2:
+            raise ValueError(f"{r.path} scored chunks {c2[0]}:{c2[1]}, {first.path} chunks "
+                             f"{c1[0]}:{c1[1]}: not comparable (merge shards first)")
         b1, b2 = first.record.get("base", {}), r.record.get("base", {})
         if (b1.get("file"), b1.get("size_bytes")) != (b2.get("file"), b2.get("size_bytes")):
             raise ValueError(f"{r.path} was scored against base {b2.get('file')}, {first.path} "
@@ -185,6 +197,9 @@ def comparison_table(records: Sequence[QuantRecord]) -> ComparisonTable:
     return ComparisonTable([r.name for r in recs], [m[0] for m in MEASUREMENTS], values, text)
 
 
+Z95 = 1.959964  # two-sided 95 % quantile of the normal distribution
+
+
 @dataclass
 class PairedDiff:
     """Mean per-token KLD of A minus B over the same tokens, with its paired s.e. (nats)."""
@@ -204,16 +219,45 @@ class PairedDiff:
 
     @property
     def verdict(self) -> str:
-        if abs(self.z) <= 1.959964:
+        if abs(self.z) <= Z95:
             return "not distinguishable at 95 %"
         return f"{self.name_a} better" if self.mean_diff < 0 else f"{self.name_b} better"
 
+    @property
+    def tokens_needed(self) -> Optional[float]:
+        """Paired tokens at which the observed mean difference would reach 95 %
+        significance, if the per-token spread stays as measured: the s.e.
+        shrinks as 1/sqrt(n), so n * (z95 / |z|)^2. None when it is already
+        significant; inf when no difference was observed."""
+        if abs(self.z) > Z95:
+            return None
+        if self.mean_diff == 0 or not math.isfinite(self.se):
+            return math.inf
+        return self.count * (Z95 / abs(self.z)) ** 2
+
     def format(self) -> str:
-        return (f"A = {self.name_a}: mean KLD {self.mean_a:.6f}\n"
+        text = (f"A = {self.name_a}: mean KLD {self.mean_a:.6f}\n"
                 f"B = {self.name_b}: mean KLD {self.mean_b:.6f}\n"
                 f"A - B over {self.count} paired tokens: {self.mean_diff:+.6f} ± {self.se:.6f} "
                 f"nats (z = {self.z:+.2f})\n"
                 f"verdict: {self.verdict}\n")
+        need = self.tokens_needed
+        if need is not None:
+            if math.isinf(need):
+                text += "no difference was observed: no number of tokens would make one significant\n"
+            else:
+                more = math.ceil(need) - self.count
+                text += (f"to be significant at 95 % this difference needs about "
+                         f"{math.ceil(need):,} paired tokens ({more:,} more, "
+                         f"{need / self.count:.1f}x these), if the per-token spread holds\n")
+        return text
+
+    def to_dict(self) -> Dict[str, Any]:
+        need = self.tokens_needed
+        return {"a": self.name_a, "b": self.name_b, "count": self.count, "mean_a": self.mean_a,
+                "mean_b": self.mean_b, "mean_diff": self.mean_diff, "se": self.se, "z": self.z,
+                "verdict": self.verdict,
+                "tokens_needed": None if need is None or math.isinf(need) else math.ceil(need)}
 
 
 def paired_diff(a: QuantRecord, b: QuantRecord) -> PairedDiff:

@@ -265,13 +265,14 @@ class KLDResult:
                              "top_other": self.top_other})
 
     # --- llama-perplexity's printout ------------------------------------------
-    def format_chunk_row(self, chunk: int) -> str:
+    def format_chunk_row(self, chunk: int, label: Optional[int] = None) -> str:
         """The per-chunk line llama-perplexity prints after chunk ``chunk`` (1-based),
-        running totals over every token up to the end of that chunk."""
+        running totals over every token up to the end of that chunk. ``label``
+        is the number printed (the chunk's number in the dump, for a shard)."""
         if not 1 <= chunk <= len(self.chunk_ends):
             raise ValueError(f"chunk must be in 1..{len(self.chunk_ends)}, got {chunk}")
         s = self._summary(self.chunk_ends[chunk - 1])
-        return ("%4d" % chunk
+        return ("%4d" % (chunk if label is None else label)
                 + "    %9.4f ± %9.4f" % (s["ppl"], s["ppl_unc"])
                 + "    %10.5f ± %10.5f" % (s["ln_ppl_ratio"], s["ln_ppl_ratio_unc"])
                 + "    %10.5f ± %10.5f" % (s["kld_mean"], s["kld_mean_unc"])

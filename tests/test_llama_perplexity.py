@@ -50,3 +50,22 @@ def test_score_matches_llama_perplexity(lp, llama_base, quants, qtype, capsys):
     out = capsys.readouterr().out
     ours = out[out.index("chunk "):].rstrip("\n")
     assert_same_printout(ours, theirs)
+
+
+@pytest.mark.parametrize("ours, theirs", [
+    (["--batch", "100"], ["-b", "100"]),           # chunks decoded in slices of 100, 28
+    (["--parallel", "2"], ["-b", "256"]),          # n_seq = 256 / 128 = 2 chunks a decode
+])
+def test_batch_and_parallel_match_llama_perplexity(lp, llama_base, quants, ours, theirs,
+                                                   capsys):
+    """llama.cpp's numbers depend on how a chunk is cut into decodes; with the
+    same cut, quantkl prints llama-perplexity's block."""
+    base, _ = llama_base
+    p = subprocess.run([str(lp), "-m", quants["Q4_0"], "-c", "128", *theirs,
+                        "--kl-divergence-base", str(base), "--kl-divergence"],
+                       capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-2000:]
+    expected = p.stdout[p.stdout.index("chunk "):].rstrip("\n")
+    assert main(["score", str(base), "--model", quants["Q4_0"], *ours]) == 0
+    out = capsys.readouterr().out
+    assert_same_printout(out[out.index("chunk "):].rstrip("\n"), expected)

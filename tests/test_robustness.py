@@ -315,7 +315,7 @@ def test_bad_input_exits_1_with_one_line(golden, tmp_path, capsys):
         (["report", tmp_path / "wrong.json"], "field 'statistics.count' is missing"),
         (["worst", tmp_path / "wrong.json", "--percent", "inf"], "must be a percentage"),
         (["compare", kld], "the following arguments are required: OTHER.kld"),
-        (["score", kld, "--model"], "expected one argument"),
+        (["score", kld, "--model"], "expected at least one argument"),
         (["frobnicate"], "invalid choice"),
     ]:
         code, _, err = run_catching_exit(capsys, *argv)
