@@ -365,8 +365,60 @@ def cmd_report(args) -> int:
     return EXIT_OK
 
 
+def cmd_tasks(args) -> int:
+    import hashlib
+    from .records import file_entry
+    from .tasks import read_hellaswag, score_hellaswag, write_task_record
+    from .records import check_record_path
+    if args.json:
+        check_record_path(args.json, args.force)
+    tasks = read_hellaswag(args.hellaswag)
+    progress = Progress(args.quiet, "hellaswag")
+
+    def on_task(done, total, result):
+        progress(done, total)
+        if done == 1:
+            say(args, "task\tacc_norm\t95% confidence interval")
+        say(args, result.format_line(done))
+
+    try:
+        result = score_hellaswag(args.model, tasks, n_tasks=args.tasks, n_ctx=args.ctx,
+                                 options=model_options(args), verbose=args.debug,
+                                 on_task=on_task)
+    finally:
+        progress.close()
+    lo, hi = result.interval()
+    print(f"\nhellaswag: {result.correct}/{result.count} tasks, acc_norm "
+          f"{100 * result.accuracy:.4f} % [{100 * lo:.4f} %, {100 * hi:.4f} %]")
+    if args.json:
+        task_file = file_entry(args.hellaswag)
+        with open(args.hellaswag, "rb") as f:
+            task_file["sha256"] = hashlib.sha256(f.read()).hexdigest()
+        write_task_record(args.json, result, {
+            "model": file_entry(args.model), "task_file": task_file, "n_ctx": args.ctx,
+            "tasks_asked": args.tasks}, force=True)
+    return EXIT_OK
+
+
+def is_task_record(path: str) -> bool:
+    import json
+    try:
+        with open(path) as f:
+            return json.load(f).get("kind") == "tasks"
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def cmd_diff(args) -> int:
     from .reports import load_records, paired_diff
+    if is_task_record(args.a) or is_task_record(args.b):
+        from .tasks import paired_tasks, read_task_record
+        (ra, a), (rb, b) = read_task_record(args.a), read_task_record(args.b)
+        if (ra.get("task_file") or {}).get("sha256") != (rb.get("task_file") or {}).get("sha256"):
+            raise ValueError(f"{args.a} and {args.b} were scored on different task files")
+        name = lambda r, p: os.path.splitext((r.get("model") or {}).get("file", p))[0]
+        print(paired_tasks(a, b, name(ra, args.a), name(rb, args.b)).format(), end="")
+        return EXIT_OK
     a, b = load_records([args.a, args.b])
     print(paired_diff(a, b).format(), end="")
     return EXIT_OK
@@ -565,6 +617,21 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--rows", action="store_true", help="one row per quant instead of a column")
     r.add_argument("-o", "--output", metavar="FILE")
     r.set_defaults(func=cmd_report)
+
+    tk = sub.add_parser("tasks", parents=[common, runs], help="task accuracy (HellaSwag)",
+                        description="HellaSwag acc_norm exactly as llama-perplexity --hellaswag "
+                                    "computes it (its task file format, task order and "
+                                    "scoring), with the per-task outcomes in the record.")
+    tk.add_argument("model", metavar="MODEL.gguf")
+    tk.add_argument("--hellaswag", required=True, metavar="FILE",
+                    help="llama.cpp's HellaSwag text file (6 lines per task)")
+    tk.add_argument("--tasks", type=positive_int, default=None, metavar="N",
+                    help="score the first N tasks of llama.cpp's shuffle (default all)")
+    tk.add_argument("--ctx", type=positive_int, default=512, help="context per sequence "
+                                                                  "(default 512)")
+    tk.add_argument("--json", metavar="OUT.json", help="write a task record (+ OUT.npz)")
+    tk.add_argument("-f", "--force", action="store_true", help="overwrite the record")
+    tk.set_defaults(func=cmd_tasks)
 
     df = sub.add_parser("diff", parents=[common], help="paired test of two quants",
                         description="Mean per-token KLD difference A - B over the same tokens, "

@@ -171,7 +171,8 @@ class ModelRunner:
     evaluate chunks (``parallel`` of them at a time)."""
 
     def __init__(self, model_path: str | os.PathLike, n_ctx: int,
-                 options: Optional[ModelOptions] = None, verbose: bool = False):
+                 options: Optional[ModelOptions] = None, verbose: bool = False,
+                 kv_unified: bool = False):
         self.path = os.fspath(model_path)
         check_gguf(self.path)
         options = (options or ModelOptions()).check()
@@ -227,12 +228,14 @@ class ModelRunner:
         p.n_threads = self.threads
         p.n_threads_batch = self.threads_batch
         p.flash_attn_type = lc.LLAMA_FLASH_ATTN_TYPE_ENABLED
+        # task scoring shares a prefix between sequences: one KV cache for all
+        p.kv_unified = kv_unified
         self._ctx = lc.llama_init_from_model(self._model, p)
         if not self._ctx:
             self.close()
             raise ModelError(f"{self.path}: llama.cpp could not create a context of {group} "
                              f"tokens ({self.parallel} x {n_ctx})")
-        self._batch = lc.llama_batch_init(self.n_batch, 0, 1)
+        self._batch = lc.llama_batch_init(self.n_batch, 0, self.parallel)
         self._gathered = None
         self.decode_seconds = 0.0  # time spent in llama.cpp's forward passes
 
@@ -345,6 +348,44 @@ class ModelRunner:
                 self.decode_seconds += time.perf_counter() - start
                 return view
             out[:, max(lo, first) - first:hi - first] = view
+        self.decode_seconds += time.perf_counter() - start
+        return out
+
+    def decode_tokens(self, tokens: Sequence[int], positions: Sequence[int],
+                      seq_ids: Sequence[Sequence[int]], outputs: Sequence[bool]) -> np.ndarray:
+        """One batch of tokens, each with its position, its sequences and
+        whether its logits are wanted, decoded after clearing the KV cache in
+        calls of at most ``batch`` tokens (llama-perplexity's decode_helper).
+        Returns the wanted logits in batch order, a copy (n_out, n_vocab)."""
+        lc = self._lc
+        n = len(tokens)
+        n_out = int(sum(bool(o) for o in outputs))
+        out = np.empty((n_out, self.n_vocab), np.float32)
+        start = time.perf_counter()
+        lc.llama_memory_clear(lc.llama_get_memory(self._ctx), True)
+        done = 0
+        b = self._batch
+        for lo in range(0, n, self.n_batch):
+            hi = min(lo + self.n_batch, n)
+            k = 0
+            for i in range(lo, hi):
+                b.token[k] = int(tokens[i])
+                b.pos[k] = int(positions[i])
+                ids = seq_ids[i]
+                b.n_seq_id[k] = len(ids)
+                for j, sid in enumerate(ids):
+                    b.seq_id[k][j] = int(sid)
+                b.logits[k] = bool(outputs[i])
+                k += 1
+            b.n_tokens = k
+            rc = lc.llama_decode(self._ctx, b)
+            if rc != 0:
+                raise RuntimeError(f"llama_decode failed with status {rc}")
+            here = int(sum(bool(o) for o in outputs[lo:hi]))
+            if here:
+                out[done:done + here] = np.ctypeslib.as_array(lc.llama_get_logits(self._ctx),
+                                                              shape=(here, self.n_vocab))
+                done += here
         self.decode_seconds += time.perf_counter() - start
         return out
 
