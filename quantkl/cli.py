@@ -268,7 +268,7 @@ def cmd_score(args) -> int:
 
 def cmd_compare(args) -> int:
     from .evaluation import RunInfo, chunk_range, compare_dumps
-    from .records import check_record_path, file_entry, tokens_fingerprint, write_record
+    from .records import file_entry, tokens_fingerprint, write_record
     if args.json:
         check_record_path(args.json, args.force)
     info = RunInfo()
@@ -369,7 +369,6 @@ def cmd_tasks(args) -> int:
     import hashlib
     from .records import file_entry
     from .tasks import read_hellaswag, score_hellaswag, write_task_record
-    from .records import check_record_path
     if args.json:
         check_record_path(args.json, args.force)
     tasks = read_hellaswag(args.hellaswag)
@@ -668,24 +667,22 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def positive_int(text: str) -> int:
+def whole_number(text: str, least: int) -> int:
     try:
         v = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {v}")
+    if v < least:
+        raise argparse.ArgumentTypeError(f"must be at least {least}, got {v}")
     return v
+
+
+def positive_int(text: str) -> int:
+    return whole_number(text, 1)
 
 
 def non_negative_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {v}")
-    return v
+    return whole_number(text, 0)
 
 
 def positive_float(text: str) -> float:

@@ -190,6 +190,19 @@ class RunInfo:
 ResultCallback = Callable[[int, int, KLDResult], None]
 
 
+def after_chunk(scorer: Scorer, c: int, n_chunk: int, first: int,
+                on_chunk: Optional[ResultCallback], stop: Optional[StopRule],
+                info: RunInfo) -> bool:
+    """Report chunk c (0-based) and say whether the stop rule ends the run there."""
+    running = scorer.result()
+    if on_chunk:
+        on_chunk(c + 1, n_chunk, running)
+    reason = stop.reached(running) if stop else None
+    if reason:
+        info.scored, info.stop_reason = (first, c + 1), reason
+    return reason is not None
+
+
 def score_model(dump: LogitDump, model: str | os.PathLike, *, mode: str = "llama",
                 topk: Sequence[int] = (1, 5, 10), save: Optional[str | os.PathLike] = None,
                 options: Optional[ModelOptions] = None, chunks: Optional[Tuple[int, int]] = None,
@@ -235,12 +248,7 @@ def score_model(dump: LogitDump, model: str | os.PathLike, *, mode: str = "llama
                         writer.write_chunk(encode_llama_rows(scored, ch.tokens,
                                                              threads=runner.threads)[0])
                     scoring += time.perf_counter() - t
-                    running = scorer.result()
-                    if on_chunk:
-                        on_chunk(c + 1, dump.n_chunk, running)
-                    reason = stop.reached(running) if stop else None
-                    if reason:
-                        info.scored, info.stop_reason = (a, c + 1), reason
+                    if after_chunk(scorer, c, dump.n_chunk, a, on_chunk, stop, info):
                         break
                 else:
                     continue
@@ -283,12 +291,7 @@ def compare_dumps(base: LogitDump, other: LogitDump, *, mode: str = "llama",
     for c in range(a, b):
         bc, oc = base.chunk(c), other.chunk(c)
         update(scorer, (base, other), bc.rows, oc.rows, bc.tokens, c + 1)
-        running = scorer.result()
-        if on_chunk:
-            on_chunk(c + 1, base.n_chunk, running)
-        reason = stop.reached(running) if stop else None
-        if reason:
-            info.scored, info.stop_reason = (a, c + 1), reason
+        if after_chunk(scorer, c, base.n_chunk, a, on_chunk, stop, info):
             break
     info.wall = time.perf_counter() - start
     info.scoring = info.wall

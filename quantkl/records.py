@@ -75,19 +75,27 @@ def build_record(result: KLDResult, meta: Dict[str, Any], sidecar: str) -> Dict[
 
 
 def write_record(path: str, result: KLDResult, meta: Dict[str, Any], force: bool = True) -> str:
-    """Write ``path`` (JSON) and its ``.npz`` sidecar; returns the sidecar's path.
-
-    Both are written to ``.partial`` files and renamed only when both are
-    whole: a full disk or an error leaves neither half behind."""
+    """Write ``path`` (JSON) and its ``.npz`` sidecar (written whole or not at
+    all); returns the sidecar's path."""
     check_record_path(path, force)
     sidecar = sidecar_path(path)
     record = build_record(result, meta, sidecar)
+    write_json_and_arrays(path, record, sidecar, kld=result.kld, nll=result.nll,
+                          nll_base=result.nll_base, rank=result.rank,
+                          chunk_ends=np.asarray(result.chunk_ends, np.int64),
+                          top_base=result.top_base, top_other=result.top_other)
+    return sidecar
+
+
+def write_json_and_arrays(path: str, record: Dict[str, Any], sidecar: str,
+                          **arrays: np.ndarray) -> None:
+    """A JSON record and its .npz of arrays, each written to a ``.partial``
+    file and both renamed only when both are whole: a full disk or an error
+    leaves neither half behind."""
     partials = [sidecar + ".partial", path + ".partial"]
     try:
         with named_errors(partials[0]), open(partials[0], "wb") as f:  # numpy adds no suffix
-            np.savez_compressed(f, kld=result.kld, nll=result.nll, nll_base=result.nll_base,
-                                rank=result.rank, chunk_ends=np.asarray(result.chunk_ends, np.int64),
-                                top_base=result.top_base, top_other=result.top_other)
+            np.savez_compressed(f, **arrays)
         with named_errors(partials[1]), open(partials[1], "w") as f:
             json.dump(record, f, indent=2, allow_nan=True)
             f.write("\n")
@@ -98,7 +106,6 @@ def write_record(path: str, result: KLDResult, meta: Dict[str, Any], force: bool
             if os.path.exists(p):
                 os.unlink(p)
         raise
-    return sidecar
 
 
 @contextlib.contextmanager

@@ -286,9 +286,8 @@ def write_task_record(path: str, result: TaskResult, meta: dict, force: bool = F
     """A task record: accuracy and its interval in JSON, the per-task
     outcomes (number, gold, choice, per-choice scores) in the .npz beside it;
     both written whole or not at all."""
-    import json
     from . import __version__
-    from .records import RECORD_VERSION, check_record_path, named_errors, sidecar_path
+    from .records import RECORD_VERSION, check_record_path, sidecar_path, write_json_and_arrays
     check_record_path(path, force)
     sidecar = sidecar_path(path)
     lo, hi = result.interval()
@@ -296,25 +295,12 @@ def write_task_record(path: str, result: TaskResult, meta: dict, force: bool = F
               "task": result.task, "count": result.count, "correct": result.correct,
               "accuracy": result.accuracy, "interval95": [lo, hi], **meta,
               "per_task_file": os.path.basename(sidecar)}
-    partials = [sidecar + ".partial", path + ".partial"]
-    try:
-        with named_errors(partials[0]), open(partials[0], "wb") as f:
-            np.savez_compressed(
-                f, number=np.array([o.number for o in result.outcomes], np.int64),
-                gold=np.array([o.gold for o in result.outcomes], np.int64),
-                choice=np.array([o.choice for o in result.outcomes], np.int64),
-                scores=np.array([o.scores for o in result.outcomes], np.float64).reshape(
-                    result.count, -1))
-        with named_errors(partials[1]), open(partials[1], "w") as f:
-            json.dump(record, f, indent=2)
-            f.write("\n")
-        os.replace(partials[0], sidecar)
-        os.replace(partials[1], path)
-    except BaseException:
-        for p in partials:
-            if os.path.exists(p):
-                os.unlink(p)
-        raise
+    write_json_and_arrays(
+        path, record, sidecar, number=np.array([o.number for o in result.outcomes], np.int64),
+        gold=np.array([o.gold for o in result.outcomes], np.int64),
+        choice=np.array([o.choice for o in result.outcomes], np.int64),
+        scores=np.array([o.scores for o in result.outcomes], np.float64).reshape(
+            result.count, -1))
 
 
 def read_task_record(path: str) -> Tuple[dict, TaskResult]:
