@@ -367,49 +367,54 @@ def cmd_report(args) -> int:
 
 def cmd_tasks(args) -> int:
     import hashlib
+    from . import taskfiles, tasks
     from .records import file_entry
-    from .tasks import read_hellaswag, score_hellaswag, write_task_record
+    kind, path = next((k, getattr(args, k.replace("-", "_"))) for k in tasks.TASK_NAMES
+                      if getattr(args, k.replace("-", "_")))
     if args.json:
         check_record_path(args.json, args.force)
-    tasks = read_hellaswag(args.hellaswag)
-    progress = Progress(args.quiet, "hellaswag")
+    read = {"hellaswag": taskfiles.read_hellaswag, "winogrande": taskfiles.read_winogrande,
+            "multiple-choice": taskfiles.read_multiple_choice}[kind]
+    score = {"hellaswag": tasks.score_hellaswag, "winogrande": tasks.score_winogrande,
+             "multiple-choice": tasks.score_multiple_choice}[kind]
+    task_list = read(path)
+    if kind == "winogrande":
+        task_list, unread = task_list
+        if unread is not None:
+            print(f"quantkl: note: {path}: line {unread}, the last, is not read, as "
+                  f"llama-perplexity does not read it; end the file with an empty line to "
+                  f"score it", file=sys.stderr)
+    progress = Progress(args.quiet, kind)
 
     def on_task(done, total, result):
         progress(done, total)
-        if done == 1:
-            say(args, "task\tacc_norm\t95% confidence interval")
+        if done == 1 and result.header():
+            say(args, result.header())
         say(args, result.format_line(done))
 
     try:
-        result = score_hellaswag(args.model, tasks, n_tasks=args.tasks, n_ctx=args.ctx,
-                                 options=model_options(args), verbose=args.debug,
-                                 on_task=on_task)
+        result = score(args.model, task_list, n_tasks=args.tasks, n_ctx=args.ctx,
+                       options=model_options(args), verbose=args.debug, on_task=on_task)
     finally:
         progress.close()
-    lo, hi = result.interval()
-    print(f"\nhellaswag: {result.correct}/{result.count} tasks, acc_norm "
-          f"{100 * result.accuracy:.4f} % [{100 * lo:.4f} %, {100 * hi:.4f} %]")
+    for line in result.footer():
+        say(args, line)
+    print(f"\n{result.summary()}")
     if args.json:
-        task_file = file_entry(args.hellaswag)
-        with open(args.hellaswag, "rb") as f:
+        task_file = file_entry(path)
+        with open(path, "rb") as f:
             task_file["sha256"] = hashlib.sha256(f.read()).hexdigest()
-        write_task_record(args.json, result, {
-            "model": file_entry(args.model), "task_file": task_file, "n_ctx": args.ctx,
-            "tasks_asked": args.tasks}, force=True)
+        model = {**file_entry(args.model), **result.model}
+        tasks.write_task_record(args.json, result, {
+            "model": model, "task_file": task_file, "n_ctx": args.ctx,
+            "tasks_asked": args.tasks, "model_options": model_options(args).to_dict()},
+            force=True)
     return EXIT_OK
-
-
-def is_task_record(path: str) -> bool:
-    import json
-    try:
-        with open(path) as f:
-            return json.load(f).get("kind") == "tasks"
-    except (OSError, ValueError, AttributeError):
-        return False
 
 
 def cmd_diff(args) -> int:
     from .reports import load_records, paired_diff
+    from .tasks import is_task_record
     if is_task_record(args.a) or is_task_record(args.b):
         from .tasks import paired_tasks, read_task_record
         (ra, a), (rb, b) = read_task_record(args.a), read_task_record(args.b)
@@ -617,15 +622,23 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("-o", "--output", metavar="FILE")
     r.set_defaults(func=cmd_report)
 
-    tk = sub.add_parser("tasks", parents=[common, runs], help="task accuracy (HellaSwag)",
-                        description="HellaSwag acc_norm exactly as llama-perplexity --hellaswag "
-                                    "computes it (its task file format, task order and "
-                                    "scoring), with the per-task outcomes in the record.")
+    tk = sub.add_parser("tasks", parents=[common, runs],
+                        help="task accuracy (HellaSwag, Winogrande, multiple choice)",
+                        description="Task accuracy exactly as llama-perplexity --hellaswag, "
+                                    "--winogrande or --multiple-choice computes it (its file "
+                                    "formats, task order and scoring), with the per-task "
+                                    "outcomes in the record for diff, report and plot.")
     tk.add_argument("model", metavar="MODEL.gguf")
-    tk.add_argument("--hellaswag", required=True, metavar="FILE",
-                    help="llama.cpp's HellaSwag text file (6 lines per task)")
+    which = tk.add_mutually_exclusive_group(required=True)
+    which.add_argument("--hellaswag", metavar="FILE",
+                       help="llama.cpp's HellaSwag text file (6 lines per task)")
+    which.add_argument("--winogrande", metavar="FILE",
+                       help="llama.cpp's Winogrande CSV (index, sentence with _, option 1, "
+                            "option 2, answer)")
+    which.add_argument("--multiple-choice", metavar="FILE",
+                       help="llama.cpp's binary multiple-choice file (MMLU, ARC, ...)")
     tk.add_argument("--tasks", type=positive_int, default=None, metavar="N",
-                    help="score the first N tasks of llama.cpp's shuffle (default all)")
+                    help="score N tasks picked as llama-perplexity picks them (default all)")
     tk.add_argument("--ctx", type=positive_int, default=512, help="context per sequence "
                                                                   "(default 512)")
     tk.add_argument("--json", metavar="OUT.json", help="write a task record (+ OUT.npz)")
@@ -647,7 +660,10 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("-o", "--output", required=True, metavar="FILE.png|FILE.svg")
     pl.add_argument("--kind", choices=("scatter", "cdf"), default="scatter")
     pl.add_argument("--x", choices=("size", "bpw"), default="size")
-    pl.add_argument("--y", choices=("kld", "ppl-ratio", "same-top"), default="kld")
+    pl.add_argument("--y", choices=("kld", "ppl-ratio", "same-top", "hellaswag", "winogrande",
+                                    "mc"), default="kld",
+                    help="what to plot against --x: an error of the KLD records or a task "
+                         "accuracy of the task records (default kld)")
     pl.add_argument("--width", type=pixels, default=900, help="pixels, up to 10000 (default 900)")
     pl.add_argument("--height", type=pixels, default=600, help="pixels, up to 10000 (default 600)")
     pl.set_defaults(func=cmd_plot)

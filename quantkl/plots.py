@@ -2,7 +2,9 @@
 
 "scatter": a quant's error (mean KLD, PPL ratio - 1, or 1 - same top) against
 its size or bits per weight, log-scale y with error bars and labelled points,
-as in quantization-error-against-bpw charts (seed 003). "cdf": each quant's
+as in quantization-error-against-bpw charts (seed 003); or its task accuracy
+(HellaSwag, Winogrande, multiple choice, from task records) with the Wilson
+95 % interval as error bars, as seed 003 plots HellaSwag and MMLU. "cdf": each quant's
 per-token KLD distribution, which shows the damaged tail an average hides
 (seed 002).
 """
@@ -14,10 +16,37 @@ import numpy as np
 
 from .reports import QuantRecord
 
+def _stat(key: str, unc: str, minus_one: bool = False, complement: bool = False):
+    def get(r: QuantRecord):
+        if not r.has_kld:
+            return None
+        v = r.stats[key]
+        v = v - 1 if minus_one else 1 - v if complement else v
+        return v, (r.stats[unc], r.stats[unc])
+    return get
+
+
+def _accuracy(task: str):
+    def get(r: QuantRecord):
+        t = r.tasks.get(task)
+        if t is None:
+            return None
+        lo, hi = t["interval95"]
+        acc = t["accuracy"]
+        return 100 * acc, (100 * (acc - lo), 100 * (hi - acc))
+    return get
+
+
+# y axis: label, value and (lower, upper) error of a record (None: not in it),
+# whether a log scale suits it
 Y_AXES = {
-    "kld": ("Mean KLD (nats)", lambda s: (s["kld_mean"], s["kld_mean_unc"])),
-    "ppl-ratio": ("PPL(Q)/PPL(base) - 1", lambda s: (s["ppl_ratio"] - 1, s["ppl_ratio_unc"])),
-    "same-top": ("1 - same top", lambda s: (1 - s["same_top"], s["same_top_unc"])),
+    "kld": ("Mean KLD (nats)", _stat("kld_mean", "kld_mean_unc"), True),
+    "ppl-ratio": ("PPL(Q)/PPL(base) - 1", _stat("ppl_ratio", "ppl_ratio_unc", minus_one=True),
+                  True),
+    "same-top": ("1 - same top", _stat("same_top", "same_top_unc", complement=True), True),
+    "hellaswag": ("HellaSwag acc_norm (%)", _accuracy("hellaswag"), False),
+    "winogrande": ("Winogrande accuracy (%)", _accuracy("winogrande"), False),
+    "mc": ("Multiple-choice accuracy (%)", _accuracy("multiple-choice"), False),
 }
 X_AXES = {"size": "Size (GB)", "bpw": "Bits per weight"}
 
@@ -59,20 +88,24 @@ def _scatter(ax, records, x, y):
         raise ValueError(f"unknown x axis {x!r}: {', '.join(X_AXES)}")
     if y not in Y_AXES:
         raise ValueError(f"unknown y axis {y!r}: {', '.join(Y_AXES)}")
-    ylabel, get = Y_AXES[y]
+    ylabel, get, log_scale = Y_AXES[y]
     pts = []
     for r in records:
+        got = get(r)
+        if got is None:
+            continue
         xv = r.size_gb if x == "size" else r.bits_per_weight
         if xv is None:
             raise ValueError(f"{r.path} has no {X_AXES[x].lower()} (a compare record has no "
-                             f"model): use records from quantkl score")
-        v, dv = get(r.stats)
-        pts.append((xv, v, dv, r.name))
-    xs, ys, dys, names = zip(*pts)
-    ax.errorbar(xs, ys, yerr=dys, fmt="o", capsize=3)
+                             f"model): use records from quantkl score or quantkl tasks")
+        pts.append((xv, got[0], got[1], r.name))
+    if not pts:
+        raise ValueError(f"none of the records has what --y {y} plots")
+    xs, ys, errs, names = zip(*pts)
+    ax.errorbar(xs, ys, yerr=np.array(errs).T, fmt="o", capsize=3)
     for xv, yv, name in zip(xs, ys, names):
         ax.annotate(name, (xv, yv), textcoords="offset points", xytext=(5, 5), fontsize=8)
-    if all(v > 0 for v in ys):
+    if log_scale and all(v > 0 for v in ys):
         ax.set_yscale("log")
     ax.set_xlabel(X_AXES[x])
     ax.set_ylabel(ylabel)
@@ -80,6 +113,9 @@ def _scatter(ax, records, x, y):
 
 
 def _cdf(ax, records):
+    records = [r for r in records if r.has_kld]
+    if not records:
+        raise ValueError("a cdf needs records with per-token KLD (from quantkl score or compare)")
     for r in records:
         k = np.sort(r.result().kld)
         k = k[k > 0]

@@ -3,7 +3,11 @@
 The table follows the community's quant comparisons (shared seed 001): size,
 PPL, the KLD and Δp distributions, RMS Δp and same-top, then per-GB figures,
 one column per quant, sorted by mean KLD. Records must come from the same base
-and the same tokens; anything else is refused rather than mixed.
+and the same tokens; anything else is refused rather than mixed. Task records
+(quantkl tasks) add accuracy rows: each goes to the quant scored from the same
+model file, or to a column of its own (the base model's accuracy, say); all
+records of one task must come from the same task file (its SHA-256) and the
+same tasks.
 """
 from __future__ import annotations
 
@@ -30,6 +34,11 @@ class QuantRecord:
     size_bytes: Optional[int]
     bits_per_weight: Optional[float]
     _result: Optional[KLDResult] = field(default=None, repr=False)
+    tasks: Dict[str, Dict[str, Any]] = field(default_factory=dict)  # task -> task record
+
+    @property
+    def has_kld(self) -> bool:
+        return "statistics" in self.record
 
     @property
     def stats(self) -> Dict[str, Any]:
@@ -41,25 +50,72 @@ class QuantRecord:
 
     def result(self) -> KLDResult:
         """The per-token arrays behind the record (from its .npz sidecar)."""
+        if not self.has_kld:
+            raise ValueError(f"{self.path} is a task record: it has no per-token KLD")
         if self._result is None:
             self._result = load_result(self.path, self.record)
         return self._result
 
 
 def load_records(paths: Sequence[str]) -> List[QuantRecord]:
-    """Read records and check they were scored against one base on the same tokens."""
+    """Read records and check they were scored against one base on the same
+    tokens; task records join the quant of the same model file."""
+    from .tasks import is_task_record, read_task_record
     if not paths:
         raise ValueError("no records given")
-    out = []
+    out: List[QuantRecord] = []
+    task_records = []
     for p in paths:
+        if is_task_record(p):
+            task_records.append((p, read_task_record(p)[0]))
+            continue
         rec = read_record(p)
         model = rec.get("model") or {}
         other = rec.get("other") or {}
         name = model.get("file") or other.get("file") or os.path.basename(p)
         out.append(QuantRecord(p, rec, os.path.splitext(name)[0], model.get("size_bytes"),
                                model.get("bits_per_weight")))
-    check_comparable(out)
+    if out:
+        check_comparable(out)
+    _attach_tasks(out, task_records)
     return out
+
+
+def _model_key(record: Dict[str, Any]) -> Optional[Tuple[Any, Any]]:
+    model = record.get("model") or {}
+    return (model["file"], model.get("size_bytes")) if model.get("file") else None
+
+
+def _attach_tasks(quants: List[QuantRecord], task_records) -> None:
+    first: Dict[str, Tuple[str, Dict[str, Any]]] = {}
+    by_model = {_model_key(q.record): q for q in quants if _model_key(q.record)}
+    for path, rec in task_records:
+        task = rec["task"]
+        if task in first:
+            p0, r0 = first[task]
+            if (rec.get("task_file") or {}).get("sha256") != (r0.get("task_file") or {}).get(
+                    "sha256"):
+                raise ValueError(f"{path} and {p0} scored {task} on different task files: "
+                                 f"not comparable")
+            if rec["count"] != r0["count"]:
+                raise ValueError(f"{path} scored {rec['count']} {task} tasks, {p0} "
+                                 f"{r0['count']}: not comparable")
+        else:
+            first[task] = (path, rec)
+        key = _model_key(rec)
+        q = by_model.get(key)
+        if q is None:
+            model = rec.get("model") or {}
+            name = os.path.splitext(model.get("file") or os.path.basename(path))[0]
+            q = QuantRecord(path, {"model": model}, name, model.get("size_bytes"),
+                            model.get("bits_per_weight"))
+            quants.append(q)
+            if key:
+                by_model[key] = q
+        if task in q.tasks:
+            raise ValueError(f"two {task} records for {q.name}: {q.tasks[task]['path']} and "
+                             f"{path}")
+        q.tasks[task] = {**rec, "path": path}
 
 
 def scored_chunks(record: Dict[str, Any]) -> Tuple[int, int]:
@@ -181,10 +237,27 @@ class ComparisonTable:
         raise ValueError(f"unknown format {fmt!r}: markdown, csv or json")
 
 
+def _task_measurements(records: Sequence[QuantRecord]):
+    from .tasks import TASK_NAMES
+    out = []
+    for task, name in TASK_NAMES.items():
+        counts = {r.tasks[task]["count"] for r in records if task in r.tasks}
+        if not counts:
+            continue
+        metric = "acc_norm" if task == "hellaswag" else "accuracy"
+        out.append((f"{name} {metric} ({counts.pop()} tasks)",
+                    lambda r, t=task: r.tasks[t]["accuracy"], 2, True))
+        out.append((f"{name} ± (95 %)", lambda r, t=task: (r.tasks[t]["interval95"][1]
+                                                           - r.tasks[t]["interval95"][0]) / 2,
+                    2, True))
+    return out
+
+
 def comparison_table(records: Sequence[QuantRecord]) -> ComparisonTable:
-    recs = sorted(records, key=lambda r: r.stats["kld_mean"])
-    values, text = [], []
-    for _, get, digits, pct in MEASUREMENTS:
+    recs = (sorted((r for r in records if r.has_kld), key=lambda r: r.stats["kld_mean"])
+            + sorted((r for r in records if not r.has_kld), key=lambda r: r.name))
+    values, text, names = [], [], []
+    for label, get, digits, pct in MEASUREMENTS + _task_measurements(recs):
         row = []
         for r in recs:
             try:
@@ -192,9 +265,12 @@ def comparison_table(records: Sequence[QuantRecord]) -> ComparisonTable:
             except (KeyError, ZeroDivisionError, TypeError):
                 v = None
             row.append(None if v is None else float(v))
+        if all(v is None for v in row):
+            continue  # a measurement none of these records has (KLD of task records)
         values.append(row)
         text.append([_fmt(v, digits, pct) for v in row])
-    return ComparisonTable([r.name for r in recs], [m[0] for m in MEASUREMENTS], values, text)
+        names.append(label)
+    return ComparisonTable([r.name for r in recs], names, values, text)
 
 
 Z95 = 1.959964  # two-sided 95 % quantile of the normal distribution

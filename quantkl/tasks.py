@@ -1,19 +1,31 @@
-"""Task accuracy with llama-perplexity's protocols: HellaSwag so far.
+"""Task accuracy with llama-perplexity's protocols: HellaSwag, Winogrande and
+multiple choice (MMLU, ARC, TruthfulQA-style), task by task as it scores them.
 
-HellaSwag (llama-perplexity ``--hellaswag``). The file has six lines per
-task: the context, the index (0-3) of the right ending, and four endings.
-Tasks are drawn in a random order fixed by llama.cpp: a Mersenne Twister
-seeded with 1 picks, N times, one of the tasks not yet picked (C++'s
-uniform_int_distribution as libstdc++ computes it), so the first N tasks of
-the shuffle are scored. Each ending is tokenized as ``context + " " + ending``
-with BOS; the tokens all four share are decoded once, shared by four
-sequences, then each ending's own tokens in its sequence. An ending's score
-is the mean log-probability of its tokens after the shared prefix (the first
-from the last shared position's distribution); the highest score is the
-model's choice (the first on a tie), and the accuracy is llama.cpp's
-acc_norm with its Wilson 95 % interval. Tasks are decoded one per batch, four
-sequences in one KV cache of 4 x n_ctx, as llama-perplexity does by default.
-The log-softmax of every scored row goes through the C kernels.
+Which tasks: with N of them asked, HellaSwag scores the first N of a shuffle
+(a Mersenne Twister seeded with 1 picks, N times, one task not yet picked,
+with C++'s uniform_int_distribution as libstdc++ computes it), all of them
+shuffled when N is not given. Winogrande and multiple choice pick N tasks by
+scaling the same generator's output by 2^-32 in float32 and swapping the
+picked slot with the last; with no N (or N at least the file's count) they
+score every task in file order.
+
+How: every choice is one token sequence with BOS (a HellaSwag ending or an
+answer after its context and a space; a Winogrande option put in the blank).
+The tokens all choices share are decoded once, for all their sequences, and
+each choice's own tokens in its sequence, in one unified KV cache of
+parallel x n_ctx (parallel at least 4); as many whole tasks go in one decode
+as fit in the context and in the sequence ids, as llama-perplexity packs them,
+because the batch a token is decoded in can move its logits in the last
+digits. A choice's score is the mean log-probability of its scored tokens,
+summed in float32 as llama.cpp sums it; the log-softmax of every scored row
+goes through the C kernels. HellaSwag and multiple choice score every token
+after the shared prefix; Winogrande scores the rest of the sentence after the
+option (see _winogrande_rows). The highest score is the choice (the first on
+a tie; option 2 on a Winogrande tie).
+
+What is printed is llama-perplexity's own lines: HellaSwag's running acc_norm
+with its Wilson 95 % interval, Winogrande's running accuracy with both scores,
+multiple choice's running accuracy, and the final lines where it prints them.
 """
 from __future__ import annotations
 
@@ -27,8 +39,11 @@ import numpy as np
 from .dumpfile import regular_file_size
 from .runner import ModelOptions, ModelRunner
 from .scoring import score_rows
+from .taskfiles import HellaswagTask, MultipleChoiceTask, WinograndeTask
 
 WILSON_Z = 1.95996398454
+TASK_NAMES = {"hellaswag": "HellaSwag", "winogrande": "Winogrande",
+              "multiple-choice": "Multiple choice"}
 
 
 class MersenneTwister:
@@ -79,42 +94,6 @@ def llama_task_order(n_total: int, n_tasks: int) -> List[int]:
 
 
 @dataclass
-class HellaswagTask:
-    number: int          # 1-based task number in the file
-    context: str
-    gold: int
-    endings: Tuple[str, str, str, str]
-
-
-def read_hellaswag(path: str | os.PathLike) -> List[HellaswagTask]:
-    """Tasks of a llama.cpp HellaSwag file; ValueError naming the task that is wrong."""
-    path = os.fspath(path)
-    regular_file_size(path, "HellaSwag file")
-    try:
-        with open(path, "rb") as f:
-            text = f.read().decode("utf-8", errors="replace")
-    except OSError as e:
-        raise ValueError(f"{path}: cannot read: {e.strerror}") from None
-    lines = text.split("\n")
-    if lines and lines[-1] == "":
-        lines.pop()  # std::getline does not see a line after the last newline
-    if not lines:
-        raise ValueError(f"{path}: empty HellaSwag file")
-    if len(lines) % 6:
-        raise ValueError(f"{path}: not a HellaSwag file: {len(lines)} lines is not 6 per task "
-                         f"(context, gold index, four endings)")
-    tasks = []
-    for i in range(0, len(lines), 6):
-        n = i // 6 + 1
-        gold = lines[i + 1].strip()
-        if not gold.lstrip("-").isdigit() or not 0 <= int(gold) <= 3:
-            raise ValueError(f"{path}: task {n} (line {i + 2}): the gold ending must be 0-3, "
-                             f"got {lines[i + 1][:40]!r}")
-        tasks.append(HellaswagTask(n, lines[i], int(gold), tuple(lines[i + 2:i + 6])))
-    return tasks
-
-
-@dataclass
 class TaskOutcome:
     number: int
     gold: int
@@ -126,11 +105,30 @@ class TaskOutcome:
         return self.choice == self.gold
 
 
+def llama_pick_order(n_total: int, n_tasks: Optional[int]) -> List[int]:
+    """The tasks llama-perplexity's Winogrande and multiple choice score, in order."""
+    if n_tasks is None or n_tasks >= n_total:
+        return list(range(n_total))
+    rng = MersenneTwister(1)
+    scale = np.float32(1.0 / 2 ** 32)
+    left = list(range(n_total))
+    order = []
+    for _ in range(n_tasks):
+        j = int(scale * np.float32(rng()) * np.float32(len(left)))
+        j = min(j, len(left) - 1)  # an output rounded up to 2^32 lands past the end in C++
+        order.append(left[j])
+        left[j] = left[-1]
+        left.pop()
+    return order
+
+
 @dataclass
 class TaskResult:
     """Outcomes of one task set, in llama-perplexity's order."""
-    task: str
+    task: str                 # hellaswag, winogrande or multiple-choice
     outcomes: List[TaskOutcome] = field(default_factory=list)
+    n_available: int = 0      # tasks in the file
+    model: dict = field(default_factory=dict)  # what the runner says of the model
 
     @property
     def count(self) -> int:
@@ -152,83 +150,303 @@ class TaskResult:
         cnf = z * math.sqrt(n * (4.0 * freq * (1 - freq) + z)) / (WILSON_Z + WILSON_Z)
         return (freq + z * 0.5 - cnf) / (1.0 + z), (freq + z * 0.5 + cnf) / (1.0 + z)
 
+    def llama_sigma(self, p: Optional[float] = None) -> float:
+        """The ± llama-perplexity prints after Winogrande and multiple choice:
+        sqrt(p (1 - p) / (n - 1)) in float32, as a fraction."""
+        f = np.float32
+        p = f(self.correct) / f(self.count) if p is None else f(p)
+        return float(np.sqrt(p * (f(1) - p) / f(self.count - 1)))
+
+    def header(self) -> Optional[str]:
+        return {"hellaswag": "task\tacc_norm\t95% confidence interval",
+                "multiple-choice": "task\tacc_norm"}.get(self.task)
+
     def format_line(self, n: int) -> str:
         """llama-perplexity's running line after task n (1-based)."""
         freq = sum(o.correct for o in self.outcomes[:n]) / n
-        a, b = self.interval(n)
-        return "%d\t%3.8f%%\t[%3.4f%%, %3.4f%%]" % (n, freq * 100.0, a * 100.0, b * 100.0)
+        if self.task == "hellaswag":
+            a, b = self.interval(n)
+            return "%d\t%3.8f%%\t[%3.4f%%, %3.4f%%]" % (n, freq * 100.0, a * 100.0, b * 100.0)
+        if self.task == "winogrande":
+            o = self.outcomes[n - 1]
+            return "%d\t%.4f\t%10.6f  %10.6f  %d  %d" % (n, 100.0 * freq, o.scores[0],
+                                                         o.scores[1], o.choice + 1, o.gold + 1)
+        return "%d\t%.8f" % (n, 100.0 * freq)
+
+    def footer(self) -> List[str]:
+        """The final lines llama-perplexity prints, where it prints them
+        (Winogrande from 100 tasks on; multiple choice always: its test for
+        fewer than 100 of a subset compares the count with itself)."""
+        n, f = self.count, np.float32
+        if self.task == "winogrande" and n >= 100:
+            return ["Final Winogrande score(%d tasks): %.4f +/- %.4f"
+                    % (n, f(100) * (f(self.correct) / f(n)), f(100) * f(self.llama_sigma()))]
+        if self.task == "multiple-choice" and n >= 2:
+            p = f(self.correct) / f(n)
+            chance = f(n) / f(sum(len(o.scores) for o in self.outcomes))
+            return ["Final result: %.4f +/- %.4f" % (f(100) * p, f(100) * f(self.llama_sigma())),
+                    "Random chance: %.4f +/- %.4f" % (f(100) * chance,
+                                                      f(100) * f(self.llama_sigma(chance)))]
+        return []
 
     def format(self) -> str:
-        lines = ["task\tacc_norm\t95% confidence interval"]
+        lines = [h for h in [self.header()] if h]
         lines += [self.format_line(n) for n in range(1, self.count + 1)]
-        return "\n".join(lines) + "\n"
+        return "\n".join(lines + self.footer()) + "\n"
+
+    def summary(self) -> str:
+        lo, hi = self.interval()
+        return (f"{self.task}: {self.correct}/{self.count} tasks, "
+                f"{'acc_norm' if self.task == 'hellaswag' else 'accuracy'} "
+                f"{100 * self.accuracy:.4f} % [{100 * lo:.4f} %, {100 * hi:.4f} %] (95 %)")
 
 
-def _log_probs(logits: np.ndarray, tokens: Sequence[int], threads: int) -> np.ndarray:
-    """log p(token) of each row by the kernels (exact mode: no cut)."""
+def _common_prefix(seqs: Sequence[Sequence[int]]) -> int:
+    n = 0
+    for column in zip(*seqs):
+        if any(t != column[0] for t in column[1:]):
+            break
+        n += 1
+    return n
+
+
+@dataclass
+class _Prepared:
+    """One task's token sequences (one per choice) and their shared prefix."""
+    number: int
+    seqs: List[List[int]]
+    prefix: int
+
+    @property
+    def required(self) -> int:
+        return self.prefix + sum(len(s) - self.prefix for s in self.seqs)
+
+
+def _prepare(number: int, seqs: List[List[int]]) -> _Prepared:
+    prefix = _common_prefix(seqs)
+    if prefix == 0:
+        raise ValueError(f"task {number}: its choices share no first token (no BOS?)")
+    return _Prepared(number, seqs, prefix)
+
+
+def _batches(runner: ModelRunner, tasks: List[_Prepared], max_tasks: int, all_outputs: bool):
+    """Decode tasks as llama-perplexity packs them: as many whole tasks per
+    batch as fit in the context (all sequences) and in max_tasks tasks' worth
+    of sequence ids (capped by --parallel); each task's shared prefix once for
+    all its sequences, logits at the prefix's last token and at each choice's
+    tokens (all of them with all_outputs, else all but the last). Yields the
+    tasks of a batch, where each task's logits start, and the logits."""
+    capacity = runner.n_ctx * runner.parallel
+    i0 = 0
+    while i0 < len(tasks):
+        toks, pos, ids, outs, starts = [], [], [], [], []
+        n_cur = s0 = rows = 0
+        i1 = i0
+        while i1 < len(tasks) and n_cur + tasks[i1].required <= capacity:
+            t = tasks[i1]
+            k = len(t.seqs)
+            if s0 + k > min(max_tasks * k, runner.parallel):
+                if s0 == 0:
+                    raise ValueError(f"task {t.number} has {k} choices: it needs --parallel "
+                                     f"{k} or more")
+                break
+            starts.append(rows)
+            for j in range(t.prefix):
+                toks.append(t.seqs[0][j]); pos.append(j)
+                ids.append(tuple(range(s0, s0 + k))); outs.append(j == t.prefix - 1)
+            rows += 1
+            for s, seq in enumerate(t.seqs):
+                for j in range(t.prefix, len(seq)):
+                    out = all_outputs or j < len(seq) - 1
+                    toks.append(seq[j]); pos.append(j); ids.append((s0 + s,)); outs.append(out)
+                    rows += out
+            s0 += k
+            n_cur += t.required
+            i1 += 1
+        if i1 == i0:
+            raise ValueError(f"task {tasks[i0].number} does not fit in the context: it needs "
+                             f"{tasks[i0].required} tokens, the context holds {capacity}")
+        yield tasks[i0:i1], starts, runner.decode_tokens(toks, pos, ids, outs)
+        i0 = i1
+
+
+def _log_probs(logits: np.ndarray, rows: Sequence[int], tokens: Sequence[int],
+               threads: int) -> np.ndarray:
+    """log p(token) at each row, the log-softmax by the kernels (exact mode: no cut)."""
     if len(tokens) == 0:
         return np.empty(0)
-    rows = score_rows(logits, logits, np.asarray(tokens, np.int64), mode="exact", threads=threads)
-    return -rows.nll_p
+    x = logits[np.asarray(rows, np.int64)]
+    scored = score_rows(x, x, np.asarray(tokens, np.int64), mode="exact", threads=threads)
+    return -scored.nll_p
+
+
+def _mean_log_probs(t: _Prepared, start: int, logits: np.ndarray, threads: int) -> List[float]:
+    """Each choice's mean log-probability over its tokens after the shared
+    prefix, the first predicted at the prefix's last token (HellaSwag and
+    multiple choice; rows as _batches lays them out without all_outputs)."""
+    rows, toks, owner = [], [], []
+    for s, seq in enumerate(t.seqs):
+        rows.append(start); toks.append(seq[t.prefix]); owner.append(s)
+    r = start + 1
+    for s, seq in enumerate(t.seqs):
+        for j in range(t.prefix, len(seq) - 1):
+            rows.append(r); toks.append(seq[j + 1]); owner.append(s)
+            r += 1
+    lp = _log_probs(logits, rows, toks, threads)
+    owner = np.asarray(owner)
+    return [_float32_mean(lp[owner == s], int(np.sum(owner == s))) for s in range(len(t.seqs))]
+
+
+def _float32_mean(values: np.ndarray, count: int) -> float:
+    """llama.cpp's mean: float log-probabilities summed in float in order, over
+    the count as a float (a count below zero is its unsigned count wrapped, a
+    mean of 0). Kept because a choice between near-equal options follows it."""
+    total = np.float32(0)
+    for v in np.asarray(values, np.float32):
+        total = np.float32(total + v)
+    if count < 0:
+        count += 2 ** 64
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return float(total / np.float32(count))  # 0/0 is NaN, as there
+
+
+def _first_max(scores: Sequence[float]) -> int:
+    best = 0
+    for s in range(1, len(scores)):
+        if scores[s] > scores[best]:
+            best = s
+    return best
+
+
+def _open(model, n_ctx: int, options: Optional[ModelOptions], verbose: bool,
+          result: "TaskResult") -> ModelRunner:
+    """The model opened as llama-perplexity opens it for tasks: at least four
+    sequences in one unified KV cache of parallel x n_ctx, batches of at most
+    2048 tokens unless --batch says otherwise; what it says of itself goes in
+    the result."""
+    opts = (options or ModelOptions()).to_dict()
+    opts["parallel"] = max(4, opts["parallel"])
+    if opts["batch"] is None:
+        opts["batch"] = min(2048, n_ctx * opts["parallel"])
+    runner = ModelRunner(model, n_ctx, ModelOptions(**opts), verbose, kv_unified=True)
+    result.model = {"bits_per_weight": runner.bits_per_weight, "description": runner.description}
+    return runner
 
 
 def score_hellaswag(model: str | os.PathLike, tasks: List[HellaswagTask], *,
                     n_tasks: Optional[int] = None, n_ctx: int = 512,
                     options: Optional[ModelOptions] = None, verbose: bool = False,
-                    on_task: Optional[Callable[[int, int, TaskResult], None]] = None
-                    ) -> TaskResult:
+                    on_task: Optional[Callable[[int, int, "TaskResult"], None]] = None
+                    ) -> "TaskResult":
     """HellaSwag acc_norm as llama-perplexity --hellaswag computes it."""
-    opts = options or ModelOptions()
-    opts = ModelOptions(**{**opts.to_dict(), "parallel": max(4, opts.parallel)})
     order = llama_task_order(len(tasks), len(tasks) if n_tasks is None else n_tasks)
-    result = TaskResult("hellaswag")
-    with ModelRunner(model, n_ctx, opts, verbose, kv_unified=True) as runner:
-        capacity = n_ctx * runner.parallel
-        for i, t_index in enumerate(order):
-            task = tasks[t_index]
-            seqs = [runner.tokenize(task.context + " " + e) for e in task.endings]
-            prefix = 0
-            for k in range(len(seqs[0])):
-                if not all(k < len(s) and s[k] == seqs[0][k] for s in seqs[1:]):
-                    break
-                prefix += 1
-            if prefix == 0 or any(len(s) <= prefix for s in seqs):
-                raise ValueError(f"task {task.number}: an ending adds no tokens to the context")
-            required = prefix + sum(len(s) - prefix for s in seqs)
-            if required > capacity:
-                raise ValueError(f"task {task.number} does not fit in the context: it needs "
-                                 f"{required} tokens, the context holds {capacity}")
-            toks, pos, ids, outs = [], [], [], []
-            for k in range(prefix):
-                toks.append(seqs[0][k]); pos.append(k); ids.append((0, 1, 2, 3))
-                outs.append(k == prefix - 1)
-            for s, seq in enumerate(seqs):
-                for k in range(prefix, len(seq)):
-                    toks.append(seq[k]); pos.append(k); ids.append((s,))
-                    outs.append(k < len(seq) - 1)
-            logits = runner.decode_tokens(toks, pos, ids, outs)
-            # row 0: the last shared position; then each ending's rows in turn
-            targets = [seq[prefix] for seq in seqs]
-            rows, row_tokens = [0] * 4, list(targets)
-            r = 1
-            owner = []
-            for s, seq in enumerate(seqs):
-                for k in range(prefix, len(seq) - 1):
-                    rows.append(r); row_tokens.append(seq[k + 1]); owner.append(s)
-                    r += 1
-            lp = _log_probs(logits[rows], row_tokens, runner.threads)
-            sums = [float(lp[s]) for s in range(4)]
-            counts = [1] * 4
-            for s, v in zip(owner, lp[4:]):
-                sums[s] += float(v)
-                counts[s] += 1
-            scores = [sums[s] / counts[s] for s in range(4)]
-            choice = max(range(4), key=lambda s: (scores[s], -s))
-            result.outcomes.append(TaskOutcome(task.number, task.gold, choice, scores))
-            if on_task:
-                on_task(i + 1, len(order), result)
+    result = TaskResult("hellaswag", n_available=len(tasks))
+    with _open(model, n_ctx, options, verbose, result) as runner:
+        prepared = []
+        for t in (tasks[i] for i in order):
+            seqs = [runner.tokenize(t.context + " " + e) for e in t.endings]
+            p = _prepare(t.number, seqs)
+            if any(len(s) <= p.prefix for s in seqs):
+                raise ValueError(f"task {t.number}: an ending adds no tokens to the context")
+            prepared.append(p)
+        for batch, starts, logits in _batches(runner, prepared, 32, all_outputs=False):
+            for p, start in zip(batch, starts):
+                task = tasks[p.number - 1]
+                scores = _mean_log_probs(p, start, logits, runner.threads)
+                result.outcomes.append(TaskOutcome(p.number, task.gold, _first_max(scores),
+                                                   scores))
+                if on_task:
+                    on_task(result.count, len(order), result)
     return result
 
+
+def score_multiple_choice(model: str | os.PathLike, tasks: List[MultipleChoiceTask], *,
+                          n_tasks: Optional[int] = None, n_ctx: int = 512,
+                          options: Optional[ModelOptions] = None, verbose: bool = False,
+                          on_task: Optional[Callable[[int, int, "TaskResult"], None]] = None
+                          ) -> "TaskResult":
+    """Multiple-choice accuracy as llama-perplexity --multiple-choice computes it:
+    each answer tokenized as ``question + " " + answer`` with BOS, scored by its
+    mean log-probability after the tokens all answers share; the first best
+    answer is the choice."""
+    order = llama_pick_order(len(tasks), n_tasks)
+    result = TaskResult("multiple-choice", n_available=len(tasks))
+    with _open(model, n_ctx, options, verbose, result) as runner:
+        prepared = []
+        for t in (tasks[i] for i in order):
+            p = _prepare(t.number, [runner.tokenize(t.question + " " + a) for a in t.answers])
+            if any(len(s) <= p.prefix for s in p.seqs):
+                raise ValueError(f"task {t.number}: an answer adds no tokens to the question")
+            prepared.append(p)
+        for batch, starts, logits in _batches(runner, prepared, 32, all_outputs=False):
+            for p, start in zip(batch, starts):
+                task = tasks[p.number - 1]
+                scores = _mean_log_probs(p, start, logits, runner.threads)
+                result.outcomes.append(TaskOutcome(p.number, task.gold, _first_max(scores),
+                                                   scores))
+                if on_task:
+                    on_task(result.count, len(order), result)
+    return result
+
+
+# A Winogrande option is scored with the rest of the sentence after it only
+# when both sentences keep more than this many tokens after their shared prefix.
+WINOGRANDE_MIN_TRAILING = 3
+
+
+def _winogrande_rows(t: _Prepared, n_base: Tuple[int, int], start: int
+                     ) -> List[Tuple[List[int], List[int], int]]:
+    """For each option, the logits rows, target tokens and count llama-perplexity
+    scores. With enough tokens after the shared prefix, the option's own tokens
+    are skipped and only the rest of the sentence is scored; otherwise all of
+    it. The last token is left out when more than one remains. Rows are
+    llama.cpp's: the first token of option 2, when its tokens are scored, is
+    read from the last row of sentence 1 instead of the shared prefix's (the
+    FIXME in perplexity.cpp); quantkl reads the same row so the scores agree."""
+    seqs, cp = t.seqs, t.prefix
+    skip = all(len(s) - cp > WINOGRANDE_MIN_TRAILING for s in seqs)
+    out = []
+    for s, seq in enumerate(seqs):
+        nb = n_base[s] if skip else cp
+        last = 1 if len(seq) - nb > 1 else 0
+        first_row = start + nb - cp + (len(seqs[0]) - cp if s == 1 else 0)
+        js = range(nb - 1, len(seq) - 1 - last)
+        out.append(([first_row + i for i in range(len(js))], [seq[j + 1] for j in js],
+                    len(seq) - nb - last))
+    return out
+
+
+def score_winogrande(model: str | os.PathLike, tasks: List[WinograndeTask], *,
+                     n_tasks: Optional[int] = None, n_ctx: int = 512,
+                     options: Optional[ModelOptions] = None, verbose: bool = False,
+                     on_task: Optional[Callable[[int, int, "TaskResult"], None]] = None
+                     ) -> "TaskResult":
+    """Winogrande accuracy as llama-perplexity --winogrande computes it: each
+    option put in the blank, the sentence tokenized with BOS, and the option
+    whose sentence continues more probably (mean log-probability, summed in
+    float32 as llama.cpp does) is chosen; option 2 on a tie."""
+    order = llama_pick_order(len(tasks), n_tasks)
+    result = TaskResult("winogrande", n_available=len(tasks))
+    with _open(model, n_ctx, options, verbose, result) as runner:
+        prepared, bases = [], []
+        for t in (tasks[i] for i in order):
+            prepared.append(_prepare(t.number, [runner.tokenize(t.first + c + t.second)
+                                                for c in t.choices]))
+            bases.append(tuple(len(runner.tokenize(t.first + c)) for c in t.choices))
+        done = 0
+        for batch, starts, logits in _batches(runner, prepared, 128, all_outputs=True):
+            for p, start in zip(batch, starts):
+                scores = []
+                for rows, toks, count in _winogrande_rows(p, bases[done], start):
+                    scores.append(_float32_mean(_log_probs(logits, rows, toks, runner.threads),
+                                                count))
+                task = tasks[p.number - 1]
+                choice = 0 if scores[0] > scores[1] else 1
+                result.outcomes.append(TaskOutcome(p.number, task.gold, choice, scores))
+                done += 1
+                if on_task:
+                    on_task(result.count, len(order), result)
+    return result
 
 def mcnemar_exact(a_only: int, b_only: int) -> float:
     """Two-sided exact McNemar p-value from the discordant counts: the
@@ -291,16 +509,35 @@ def write_task_record(path: str, result: TaskResult, meta: dict, force: bool = F
     check_record_path(path, force)
     sidecar = sidecar_path(path)
     lo, hi = result.interval()
+    width = max((len(o.scores) for o in result.outcomes), default=0)
+    scores = np.full((result.count, width), np.nan)
+    for i, o in enumerate(result.outcomes):
+        scores[i, :len(o.scores)] = o.scores
     record = {"record_version": RECORD_VERSION, "quantkl_version": __version__, "kind": "tasks",
-              "task": result.task, "count": result.count, "correct": result.correct,
-              "accuracy": result.accuracy, "interval95": [lo, hi], **meta,
-              "per_task_file": os.path.basename(sidecar)}
+              "task": result.task, "count": result.count, "available": result.n_available,
+              "correct": result.correct, "accuracy": result.accuracy, "interval95": [lo, hi],
+              **({} if result.task == "hellaswag" or result.count < 2
+                 else {"llama_sigma": result.llama_sigma()}),
+              **meta, "per_task_file": os.path.basename(sidecar)}
     write_json_and_arrays(
         path, record, sidecar, number=np.array([o.number for o in result.outcomes], np.int64),
         gold=np.array([o.gold for o in result.outcomes], np.int64),
         choice=np.array([o.choice for o in result.outcomes], np.int64),
-        scores=np.array([o.scores for o in result.outcomes], np.float64).reshape(
-            result.count, -1))
+        n_choices=np.array([len(o.scores) for o in result.outcomes], np.int64), scores=scores)
+
+
+def is_task_record(path: str) -> bool:
+    """Whether path holds a task record (anything else, a FIFO included, is
+    left to the KLD reader to refuse)."""
+    import json
+    if not os.path.isfile(path):
+        return False
+    try:
+        with open(path) as f:
+            rec = json.load(f)
+    except (OSError, ValueError):
+        return False
+    return isinstance(rec, dict) and rec.get("kind") == "tasks"
 
 
 def read_task_record(path: str) -> Tuple[dict, TaskResult]:
@@ -315,6 +552,8 @@ def read_task_record(path: str) -> Tuple[dict, TaskResult]:
         raise ValueError(f"{path}: not a quantkl task record ({e})") from None
     if not isinstance(rec, dict) or rec.get("kind") != "tasks":
         raise ValueError(f"{path}: not a quantkl task record")
+    if rec.get("task") not in TASK_NAMES:
+        raise ValueError(f"{path}: unknown task {rec.get('task')!r}")
     for key, kind in (("task", str), ("count", int), ("per_task_file", str)):
         if not isinstance(rec.get(key), kind):
             raise ValueError(f"{path}: field '{key}' is missing or not {kind.__name__}")
@@ -322,7 +561,7 @@ def read_task_record(path: str) -> Tuple[dict, TaskResult]:
                            os.path.basename(rec["per_task_file"]))
     try:
         with np.load(sidecar) as z:
-            arr = {k: z[k] for k in ("number", "gold", "choice", "scores")}
+            arr = {k: z[k] for k in ("number", "gold", "choice", "n_choices", "scores")}
     except OSError:
         raise ValueError(f"{path}: its per-task file {sidecar} is missing") from None
     except (KeyError, ValueError, zipfile.BadZipFile) as e:
@@ -331,6 +570,7 @@ def read_task_record(path: str) -> Tuple[dict, TaskResult]:
         raise ValueError(f"{path}: {sidecar} holds {len(arr['number'])} tasks, the record "
                          f"counts {rec['count']}")
     result = TaskResult(rec["task"], [
-        TaskOutcome(int(n), int(g), int(c), [float(x) for x in s])
-        for n, g, c, s in zip(arr["number"], arr["gold"], arr["choice"], arr["scores"])])
+        TaskOutcome(int(n), int(g), int(c), [float(x) for x in s[:k]])
+        for n, g, c, k, s in zip(arr["number"], arr["gold"], arr["choice"], arr["n_choices"],
+                                 arr["scores"])], int(rec.get("available", 0)))
     return rec, result

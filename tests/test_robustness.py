@@ -353,7 +353,9 @@ def test_fifo_is_refused_not_waited_on(golden, smollm2, tmp_path, capsys):
     os.mkfifo(fifo)
     kld = golden / GOLDEN_KLD
     for argv in (["info", fifo], ["compare", fifo, kld], ["score", kld, "--model", fifo],
-                 ["dump", smollm2, fifo, "-o", tmp_path / "x.kld"], ["report", fifo]):
+                 ["dump", smollm2, fifo, "-o", tmp_path / "x.kld"], ["report", fifo],
+                 ["diff", fifo, kld], ["tasks", smollm2, "--winogrande", fifo],
+                 ["tasks", smollm2, "--multiple-choice", fifo]):
         code, _, err = run(capsys, *argv)
         assert code == 1 and "not a regular file" in err, (argv, err)
 
