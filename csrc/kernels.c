@@ -260,26 +260,6 @@ QK_INLINE void add_mass64(vd *lo, vd *hi, vmask m, vf lp)
 
 /* --- what a pass follows besides its sums ------------------------------------ */
 
-/* First index of the largest value. */
-typedef struct {
-    float best;
-    int64_t top;
-} argmax;
-
-QK_INLINE void argmax_add(argmax *a, vf v, int64_t i, vmask valid)
-{
-    if (!vm_bits(vm_and(valid, vf_gt(v, vf_set1(a->best)))))
-        return;
-    float l[QK_W];
-    vf_store(l, v);
-    const unsigned bits = vm_bits(valid);
-    for (int k = 0; k < QK_W; k++)
-        if ((bits >> k & 1) && l[k] > a->best) {
-            a->best = l[k];
-            a->top = i + k;
-        }
-}
-
 /* The top-k list; one vector compare lets almost every vector by. */
 QK_INLINE void topk_add(qk_topk *t, vf v, int64_t i, vmask valid)
 {
@@ -294,11 +274,31 @@ QK_INLINE void topk_add(qk_topk *t, vf v, int64_t i, vmask valid)
             qk_topk_push(t, l[k], i + k);
 }
 
-/* Whether a block whose largest value is m can change the top-k list: after
- * the first blocks almost none can, and the block is not looked at again. */
-QK_INLINE int topk_wants(const qk_topk *t, float m)
+/* The blocks a side's top-k list comes from. A block holds one of the row's
+ * k largest values only if its own largest is among the k largest block
+ * maxima (ties in index order, as the list keeps them), so a pass keeps a
+ * top-k list of blocks by their max, one compare per block, and the list of
+ * values is built at the end from those k blocks alone: following every
+ * block that could change a running list cost 12 % of the u16 x f32 rate
+ * once both sides kept one (measured). */
+QK_INLINE void blocks_add(qk_topk *blocks, float block_max, int64_t b)
 {
-    return t->n < QK_TOPK_MAX || m > t->val[QK_TOPK_MAX - 1];
+    if (blocks->n < QK_TOPK_MAX || block_max > blocks->val[QK_TOPK_MAX - 1])
+        qk_topk_push(blocks, block_max, b);
+}
+
+/* The listed blocks' starts in index order, so that equal values enter the
+ * list in index order; returns how many. */
+QK_INLINE int blocks_in_order(const qk_topk *blocks, int64_t *starts)
+{
+    for (int j = 0; j < blocks->n; j++) {
+        int64_t b = blocks->idx[j];
+        int i = j;
+        for (; i > 0 && starts[i - 1] > b; i--)
+            starts[i] = starts[i - 1];
+        starts[i] = b;
+    }
+    return blocks->n;
 }
 
 
@@ -337,31 +337,32 @@ QK_INLINE void norm_add_g(norm *s, vf *v, vf max)
     add_each_g(&s->lo, &s->hi, v);
 }
 
-/* Top-k list or argmax over [b, e), one vector at a time (rare: only for
- * blocks that can change them). */
-QK_INLINE void follow_block(const void *row, int dt, ptrdiff_t st, int64_t b, int64_t e,
-                            qk_topk *tk, argmax *am)
+/* A float side's top-k list from the blocks a pass listed, one vector at a time. */
+QK_INLINE void topk_of_logits(qk_topk *t, const qk_topk *blocks, const void *row, int dt,
+                              ptrdiff_t st, int64_t n)
 {
-    for (int64_t i = b; i < e; i += QK_W) {
-        vf v[QK_G];
-        vmask valid[QK_G];
-        load_logits_g(v, valid, row, dt, st, i, e, 0); /* only v[0] is used */
-        if (tk)
-            topk_add(tk, v[0], i, valid[0]);
-        if (am)
-            argmax_add(am, v[0], i, valid[0]);
+    int64_t starts[QK_TOPK_MAX];
+    const int m = blocks_in_order(blocks, starts);
+    for (int j = 0; j < m; j++) {
+        const int64_t e = block_end(starts[j], n);
+        for (int64_t i = starts[j]; i < e; i += QK_W) {
+            vf v[QK_G];
+            vmask valid[QK_G];
+            load_logits_g(v, valid, row, dt, st, i, e, 0); /* only v[0] is used */
+            topk_add(t, v[0], i, valid[0]);
+        }
     }
 }
 
 /* Entries [b, e) of a float side: the block's max (from memory), then, from
- * L1, when the block can change them, the top-k list or argmax, and unless
+ * L1, unless
  * only the max is wanted (max_only), its exps against the running max.
  * streams: how many rows pass 1 reads side by side; QK_PREFETCH bytes ahead
  * are shared among them, and the prefetches are spread over the exps, for
  * issued all at once while the max is taken they overflow the core's
  * outstanding misses (measured: +4 % one stream, +16 % two). */
 QK_INLINE void norm_block(norm *s, const void *row, int dt, ptrdiff_t st, int64_t b, int64_t e,
-                          qk_topk *tk, argmax *am, int max_only, int streams)
+                          qk_topk *blocks, int max_only, int streams)
 {
     const int64_t size = dt == QK_F32 ? 4 : 2, ahead = QK_PREFETCH / streams;
     vf m[QK_G];
@@ -385,8 +386,7 @@ QK_INLINE void norm_block(norm *s, const void *row, int dt, ptrdiff_t st, int64_
             m[j] = vf_max(v[j], m[j]);
     }
     const float bm = vf_hmax(max_g(m));
-    if ((tk && topk_wants(tk, bm)) || (am && bm > am->best))
-        follow_block(row, dt, st, b, e, tk, am);
+    blocks_add(blocks, bm, b);
     if (max_only) {
         s->max = bm > s->max ? bm : s->max;
         return;
@@ -437,7 +437,7 @@ typedef struct {
     vd y_lo, y_hi;   /* exact mode, tail entries (code 0, y finite): y - Y */
     int64_t tail_n;
     vmask inf;       /* exact mode, kept base entries where y is -inf: the KL is infinite */
-    vf lp_max;       /* the block's largest decoded log p, for the argmax */
+    vf lp_max;       /* the block's largest decoded log p, for the top-k list */
 } llama_logits_sums;
 
 /* Everything that needs y is taken before the exps, so that y is dead while
@@ -484,19 +484,21 @@ QK_INLINE void llama_logits_step(llama_logits_sums *s, const llama_logits_consts
     add_terms_g(&s->t_lo, &s->t_hi, t);
 }
 
-/* First index of the largest decoded log p in [b, e), when the block's
- * largest beats the best so far (rare after the first blocks). */
-QK_INLINE void llama_argmax_block(argmax *top, float block_max, const uint16_t *row, vf scale,
-                                  vf min_log_prob, int64_t b, int64_t e)
+/* A llama row's top-k list of decoded log p from the blocks a pass listed. */
+QK_INLINE void topk_of_codes(qk_topk *t, const qk_topk *blocks, const uint16_t *row, vf scale,
+                             vf min_log_prob, int64_t n)
 {
-    if (!(block_max > top->best))
-        return;
-    for (int64_t i = b; i < e; i += QK_W) {
-        vf c[QK_G];
-        vmask valid[QK_G];
-        load_codes_g(c, row, i, e, 0); /* only c[0] is used */
-        valid_g(valid, i, e, 0);
-        argmax_add(top, decode(c[0], scale, min_log_prob), i, valid[0]);
+    int64_t starts[QK_TOPK_MAX];
+    const int m = blocks_in_order(blocks, starts);
+    for (int j = 0; j < m; j++) {
+        const int64_t e = block_end(starts[j], n);
+        for (int64_t i = starts[j]; i < e; i += QK_W) {
+            vf c[QK_G];
+            vmask valid[QK_G];
+            load_codes_g(c, row, i, e, 0); /* only c[0] is used */
+            valid_g(valid, i, e, 0);
+            topk_add(t, decode(c[0], scale, min_log_prob), i, valid[0]);
+        }
     }
 }
 
@@ -534,9 +536,10 @@ QK_INLINE void llama_logits_row(const uint16_t *p_row, const void *q, int dt, pt
     }
     norm nq;
     norm_init(&nq);
-    qk_topk tq = {0};
+    qk_topk tq = {0}, bq = {0};
     for (int64_t b = 0; b < n; b += QK_BLOCK)
-        norm_block(&nq, q, dt, st, b, block_end(b, n), &tq, NULL, 0, 1);
+        norm_block(&nq, q, dt, st, b, block_end(b, n), &bq, 0, 1);
+    topk_of_logits(&tq, &bq, q, dt, st, n);
     const double lse = norm_lse(&nq);
     out->status = norm_status(&nq, lse, QK_Q_NONFINITE, QK_Q_EMPTY);
     if (out->status)
@@ -548,7 +551,7 @@ QK_INLINE void llama_logits_row(const uint16_t *p_row, const void *q, int dt, pt
     const vd z = vd_set1(0.0);
     const vf zf = vf_set1(0.0f);
     llama_logits_sums s = {z, z, zf, z, z, z, z, 0, vm_none(), zf};
-    argmax top = {-INFINITY, 0};
+    qk_topk tp = {0}, bp = {0};
     for (int64_t b = 0; b < n; b += QK_BLOCK) {
         const int64_t e = block_end(b, n);
         s.lp_max = vf_set1(-INFINITY);
@@ -568,11 +571,12 @@ QK_INLINE void llama_logits_row(const uint16_t *p_row, const void *q, int dt, pt
             load_logits_g(y, valid, q, dt, st, i, e, 0);
             llama_logits_step(&s, &k, exact, c, y, valid);
         }
-        llama_argmax_block(&top, vf_hmax(s.lp_max), p_row, k.scale, k.min_log_prob, b, e);
+        blocks_add(&bp, vf_hmax(s.lp_max), b);
     }
+    topk_of_codes(&tp, &bp, p_row, k.scale, k.min_log_prob, n);
     const double sum_p = exact ? vd_hsum(widened_sum(s.p_lo, s.p_hi))
                                : vd_hsum(widened_sum(vf_lo_pd(s.p32), vf_hi_pd(s.p32)));
-    if (qk_row_corrupt(&h, top.best, sum_p, p_row, n)) {
+    if (qk_row_corrupt(&h, qk_topk_best(&tp), sum_p, p_row, n)) {
         out->status = QK_P_CORRUPT;
         return;
     }
@@ -592,9 +596,7 @@ QK_INLINE void llama_logits_row(const uint16_t *p_row, const void *q, int dt, pt
         out->nll_p = y_tok > -INFINITY ? -c_tail : INFINITY;
     else
         out->nll_p = -(double)qk_decode(&h, c_tok);
-    out->top_p = top.top;
-    out->top_q = tq.idx[0];
-    out->rank = qk_topk_rank(&tq, top.top);
+    qk_set_tops(out, &tp, &tq, exp((double)tp.val[0]));
 }
 
 void QK_NAME(qk_score_llama_logits)(const uint16_t *p_row, const void *q, int q_dtype,
@@ -675,12 +677,13 @@ QK_INLINE void logits_logits_row(const void *p, int dp, ptrdiff_t sp, const void
     norm np, nq;
     norm_init(&np);
     norm_init(&nq);
-    qk_topk tq = {0};
-    argmax top = {-INFINITY, 0};
+    qk_topk tq = {0}, tp = {0}, bq = {0}, bp = {0};
     for (int64_t b = 0; b < n; b += QK_BLOCK) {
-        norm_block(&np, p, dp, sp, b, block_end(b, n), NULL, &top, exact, 2);
-        norm_block(&nq, q, dq, sq, b, block_end(b, n), &tq, NULL, 0, 2);
+        norm_block(&np, p, dp, sp, b, block_end(b, n), &bp, exact, 2);
+        norm_block(&nq, q, dq, sq, b, block_end(b, n), &bq, 0, 2);
     }
+    topk_of_logits(&tp, &bp, p, dp, sp, n);
+    topk_of_logits(&tq, &bq, q, dq, sq, n);
     /* exact mode takes the base's exps (and meets its NaNs) only in pass 2 */
     const double lse_q = norm_lse(&nq), lse_p1 = exact ? 0.0 : norm_lse(&np);
     out->status = qk_side_status(np.max == INFINITY || isnan(lse_p1), np.max, QK_P_NONFINITE,
@@ -727,9 +730,7 @@ QK_INLINE void logits_logits_row(const void *p, int dp, ptrdiff_t sp, const void
     out->nll_p = ((double)np.max + lse_p) - qk_logit_at(p, dp, sp, tok);
     out->nll_q = ((double)nq.max + lse_q) - y_tok;
     out->nll_q_llama = llama_nll(nq.max, lse_q, y_tok);
-    out->top_p = top.top;
-    out->top_q = tq.idx[0];
-    out->rank = qk_topk_rank(&tq, top.top);
+    qk_set_tops(out, &tp, &tq, exp(-lse_p));
 }
 
 #define QK_LL_ROW(DP, DQ)                                                                      \
@@ -841,21 +842,6 @@ QK_INLINE void llama_llama_step(llama_llama_sums *s, const llama_llama_consts *k
     s->pq = s->pq + sum_g(pq);
 }
 
-/* Q's top-k over [b, e), when the block can change it. */
-QK_INLINE void llama_topk_block(qk_topk *tq, float block_max, const uint16_t *row, vf scale,
-                                vf min_log_prob, int64_t b, int64_t e)
-{
-    if (!topk_wants(tq, block_max))
-        return;
-    for (int64_t i = b; i < e; i += QK_W) {
-        vf c[QK_G];
-        vmask valid[QK_G];
-        load_codes_g(c, row, i, e, 0); /* only c[0] is used */
-        valid_g(valid, i, e, 0);
-        topk_add(tq, decode(c[0], scale, min_log_prob), i, valid[0]);
-    }
-}
-
 /* How far a tail log p from a mass within QK_MASS_ERR of the float64 one
  * may sit from the tail log p of that float64 mass (0 where the clamp holds
  * it whatever the mass, +inf where 1 - mass may be 0 or below). */
@@ -886,8 +872,8 @@ QK_INLINE void llama_llama_row(const uint16_t *p_row, const uint16_t *q_row, int
     const vd z = vd_set1(0.0);
     const vf zf = vf_set1(0.0f);
     llama_llama_sums s = {z, z, zf, zf, z, z, z, z, z, z, 0, 0, 0, zf, zf};
-    argmax top = {-INFINITY, 0};
-    qk_topk tq = {0};
+    qk_topk tp = {0};
+    qk_topk tq = {0}, bp = {0}, bq = {0};
     for (int64_t b = 0; b < n; b += QK_BLOCK) {
         const int64_t e = block_end(b, n);
         s.lp_max = s.lq_max = vf_set1(-INFINITY);
@@ -910,18 +896,20 @@ QK_INLINE void llama_llama_row(const uint16_t *p_row, const uint16_t *q_row, int
             valid_g(valid, i, e, 0);
             llama_llama_step(&s, &k, exact, cp, cq, valid);
         }
-        llama_argmax_block(&top, vf_hmax(s.lp_max), p_row, k.sp, k.mp, b, e);
-        llama_topk_block(&tq, vf_hmax(s.lq_max), q_row, k.sq, k.mq, b, e);
+        blocks_add(&bp, vf_hmax(s.lp_max), b);
+        blocks_add(&bq, vf_hmax(s.lq_max), b);
     }
+    topk_of_codes(&tp, &bp, p_row, k.sp, k.mp, n);
+    topk_of_codes(&tq, &bq, q_row, k.sq, k.mq, n);
     const double q_n = (double)s.q_tail_n, mq = hq.min_log_prob;
     const double s_t = vd_hsum(widened_sum(s.t_lo, s.t_hi));
     const double s_pq = vd_hsum(widened_sum(vf_lo_pd(s.pq), vf_hi_pd(s.pq)));
     double q_mass = vd_hsum(widened_sum(s.q_lo, s.q_hi));
     const double p_mass = exact ? vd_hsum(widened_sum(s.p_lo, s.p_hi))
                                 : vd_hsum(widened_sum(vf_lo_pd(s.p32), vf_hi_pd(s.p32)));
-    if (qk_row_corrupt(&hp, top.best, p_mass, p_row, n))
+    if (qk_row_corrupt(&hp, qk_topk_best(&tp), p_mass, p_row, n))
         out->status |= QK_P_CORRUPT;
-    if (qk_row_corrupt(&hq, tq.n ? tq.val[0] : -INFINITY, q_mass, q_row, n))
+    if (qk_row_corrupt(&hq, qk_topk_best(&tq), q_mass, q_row, n))
         out->status |= QK_Q_CORRUPT;
     if (out->status)
         return;
@@ -954,9 +942,7 @@ QK_INLINE void llama_llama_row(const uint16_t *p_row, const uint16_t *q_row, int
     out->nll_q_llama = (float)out->nll_q;
     /* llama mode: the base's NLL as llama.cpp decodes it, whatever Q is */
     out->nll_p = (cp_tok || !exact) ? -(double)qk_decode(&hp, cp_tok) : -c_p;
-    out->top_p = top.top;
-    out->top_q = tq.idx[0];
-    out->rank = qk_topk_rank(&tq, top.top);
+    qk_set_tops(out, &tp, &tq, exp((double)tp.val[0]));
 }
 
 void QK_NAME(qk_score_llama_llama)(const uint16_t *p_row, const uint16_t *q_row, int64_t n_vocab,

@@ -56,6 +56,9 @@ typedef struct {
     int64_t top_q; /* first index of Q's largest probability */
     int32_t rank;  /* rank of top_p in Q (0 = same top), QK_TOPK_MAX if not in Q's top 10 */
     int32_t status;
+    double p_top;  /* P's largest probability, the top-1 token's */
+    uint8_t overlap[QK_TOPK_MAX]; /* overlap[k - 1] = |top_k(P) ∩ top_k(Q)|, k = 1 .. 10 (ties
+                                     in index order, as the tops) */
 } qk_row;
 
 /* Number of uint16 values in one llama row: 2 float32 header + codes + pad. */

@@ -125,6 +125,22 @@ static inline void qk_topk_push(qk_topk *t, float v, int64_t i)
     t->idx[j] = i;
 }
 
+static inline float qk_topk_best(const qk_topk *t) { return t->n ? t->val[0] : -INFINITY; }
+
+/* overlap[k - 1] = how many of P's first k are among Q's first k, k = 1 ..
+ * QK_TOPK_MAX (a list shorter than k, on a vocabulary under QK_TOPK_MAX,
+ * takes what it has). */
+static inline void qk_topk_overlap(const qk_topk *p, const qk_topk *q, uint8_t *overlap)
+{
+    for (int k = 1; k <= QK_TOPK_MAX; k++) {
+        int n = 0;
+        for (int a = 0; a < k && a < p->n; a++)
+            for (int b = 0; b < k && b < q->n; b++)
+                n += p->idx[a] == q->idx[b];
+        overlap[k - 1] = (uint8_t)n;
+    }
+}
+
 static inline int32_t qk_topk_rank(const qk_topk *t, int64_t i)
 {
     for (int j = 0; j < t->n; j++)
@@ -145,6 +161,17 @@ static inline double qk_tail_log_prob(double mass, double n, double min_log_prob
     if (!(c > min_log_prob - 16.0))
         c = min_log_prob - 16.0;
     return c;
+}
+
+/* The row's outputs that come from the two top-k lists, and P's top-1
+ * probability (p_top, from the side's own normaliser). */
+static inline void qk_set_tops(qk_row *out, const qk_topk *tp, const qk_topk *tq, double p_top)
+{
+    out->top_p = tp->idx[0];
+    out->top_q = tq->idx[0];
+    out->rank = qk_topk_rank(tq, tp->idx[0]);
+    out->p_top = p_top;
+    qk_topk_overlap(tp, tq, out->overlap);
 }
 
 static inline int32_t qk_side_status(int nonfinite, float max, int32_t nonfinite_bit,

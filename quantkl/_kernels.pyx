@@ -7,7 +7,8 @@ and collect their per-row outputs into numpy arrays.
 """
 import numpy as np
 from cython.parallel cimport prange
-from libc.stdint cimport int32_t, int64_t, uint16_t
+from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t
+from libc.string cimport memcpy
 
 cdef extern from "quantkl.h" nogil:
     ctypedef struct qk_row:
@@ -19,6 +20,8 @@ cdef extern from "quantkl.h" nogil:
         int64_t top_q
         int32_t rank
         int32_t status
+        double p_top
+        uint8_t overlap[10]
     int QK_TOPK_MAX
     void qk_score_llama_logits(const uint16_t *p_row, const void *q, int q_dtype,
                                Py_ssize_t q_stride, int64_t n_vocab, int64_t tok, int mode,
@@ -63,7 +66,7 @@ ctypedef fused other_t:
 
 cdef class RowScores:
     """Per-row outputs of one kernel call, as numpy arrays of length n_rows."""
-    cdef public object kld, nll_p, nll_q, nll_q_llama, top_p, top_q, rank, status
+    cdef public object kld, nll_p, nll_q, nll_q_llama, top_p, top_q, rank, status, p_top, overlap
 
     def __init__(self, Py_ssize_t n):
         self.kld = np.empty(n, np.float64)
@@ -74,6 +77,8 @@ cdef class RowScores:
         self.top_q = np.empty(n, np.int64)
         self.rank = np.empty(n, np.int32)
         self.status = np.empty(n, np.int32)
+        self.p_top = np.empty(n, np.float64)
+        self.overlap = np.empty((n, QK_TOPK_MAX), np.uint8)
 
 
 # prange makes variables assigned in its body thread-private, but not a struct
@@ -88,6 +93,8 @@ cdef struct Outputs:
     int64_t *top_q
     int32_t *rank
     int32_t *status
+    double *p_top
+    uint8_t *overlap
 
 
 cdef Outputs outputs_of(RowScores s):
@@ -95,7 +102,9 @@ cdef Outputs outputs_of(RowScores s):
     cdef float[::1] nll_q_llama = s.nll_q_llama
     cdef int64_t[::1] top_p = s.top_p, top_q = s.top_q
     cdef int32_t[::1] rank = s.rank, status = s.status
-    cdef Outputs o = Outputs(NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL)
+    cdef double[::1] p_top = s.p_top
+    cdef uint8_t[:, ::1] overlap = s.overlap
+    cdef Outputs o = Outputs(NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL)
     if kld.shape[0] == 0:
         return o
     o.kld = &kld[0]
@@ -106,6 +115,8 @@ cdef Outputs outputs_of(RowScores s):
     o.top_q = &top_q[0]
     o.rank = &rank[0]
     o.status = &status[0]
+    o.p_top = &p_top[0]
+    o.overlap = &overlap[0, 0]
     return o
 
 
@@ -118,6 +129,8 @@ cdef inline void store(const qk_row *r, Outputs o, Py_ssize_t i) noexcept nogil:
     o.top_q[i] = r.top_q
     o.rank[i] = r.rank
     o.status[i] = r.status
+    o.p_top[i] = r.p_top
+    memcpy(&o.overlap[i * QK_TOPK_MAX], r.overlap, QK_TOPK_MAX)
 
 
 cdef void row_llama_logits(const uint16_t *p, const void *q, int q_dtype, Py_ssize_t q_stride,

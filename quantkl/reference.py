@@ -93,8 +93,25 @@ def rank_of(values: np.ndarray, idx: np.ndarray) -> np.ndarray:
     return np.minimum(rank, TOPK_MAX)
 
 
+def top_lists(values: np.ndarray) -> np.ndarray:
+    """Each row's TOPK_MAX largest entries' indices, larger first, ties by index."""
+    return np.argsort(-values, axis=1, kind="stable")[:, :TOPK_MAX]
+
+
+def topk_overlap(p_values: np.ndarray, q_values: np.ndarray) -> np.ndarray:
+    """(rows, TOPK_MAX): column k - 1 counts P's first k among Q's first k."""
+    a, b = top_lists(p_values), top_lists(q_values)
+    out = np.zeros((len(a), TOPK_MAX), np.uint8)
+    for k in range(1, TOPK_MAX + 1):
+        for r in range(len(a)):
+            out[r, k - 1] = len(set(a[r, :k].tolist()) & set(b[r, :k].tolist()))
+    return out
+
+
 def score_rows(base, other, tokens, mode: str = "llama") -> Dict[str, np.ndarray]:
-    """Reference per-row kld, nll_p, nll_q, top_p, top_q, rank (float64 maths).
+    """Reference per-row kld, nll_p, nll_q, top_p, top_q, rank, p_top (the
+    base's top-1 probability) and overlap (top-k set overlap counts), in
+    float64 maths.
 
     A kept base entry (p > 0 by the mode's rules) where the other side's
     probability is 0 (a -inf logit) makes the row's KL infinite, however
@@ -112,13 +129,17 @@ def score_rows(base, other, tokens, mode: str = "llama") -> Dict[str, np.ndarray
     q_finite = lq > -np.inf
     if isinstance(base, LlamaRows):
         p, lp, kept = llama_base(base, mode, q_finite)
-        top_p = np.argmax(decode_llama(base)[1], axis=1)
+        p_rank_values = decode_llama(base)[1]
+        top_p = np.argmax(p_rank_values, axis=1)
+        p_top = np.exp(p_rank_values[rows, top_p])  # the decoded top, as the file has it
     else:
         x = as_float64(base)
         lp = log_softmax(x)
         p = np.exp(lp)
         kept = lp > -16.0 if mode == "llama" else lp > -np.inf
+        p_rank_values = x
         top_p = np.argmax(x, axis=1)
+        p_top = np.exp(lp[rows, top_p])
     with np.errstate(invalid="ignore"):
         terms = np.where(kept & q_finite, p * (lp - lq), 0.0)
     kld = terms.sum(axis=1)
@@ -133,6 +154,8 @@ def score_rows(base, other, tokens, mode: str = "llama") -> Dict[str, np.ndarray
         "top_p": top_p,
         "top_q": np.argmax(q_rank_values, axis=1),
         "rank": rank_of(q_rank_values, top_p),
+        "p_top": p_top,
+        "overlap": topk_overlap(p_rank_values, q_rank_values),
     }
 
 

@@ -64,6 +64,8 @@ def check(rows, ref):
     np.testing.assert_array_equal(rows.top_p, ref["top_p"])
     np.testing.assert_array_equal(rows.top_q, ref["top_q"])
     np.testing.assert_array_equal(rows.rank, ref["rank"])
+    np.testing.assert_allclose(rows.p_top, ref["p_top"], rtol=1e-7, atol=0)
+    np.testing.assert_array_equal(rows.overlap, ref["overlap"])
 
 
 def n_rows_for(v):
@@ -229,7 +231,7 @@ def test_one_and_two_threads_identical(kernel_path, rng):
         for mode in ("llama", "exact"):
             one = quantkl.score_rows(b, y, tok, mode=mode, threads=1)
             two = quantkl.score_rows(b, y, tok, mode=mode, threads=2)
-            for f in ("kld", "nll_p", "nll_q", "top_p", "top_q", "rank"):
+            for f in ("kld", "nll_p", "nll_q", "top_p", "top_q", "rank", "p_top", "overlap"):
                 np.testing.assert_array_equal(getattr(one, f), getattr(two, f))
 
 
