@@ -353,9 +353,18 @@ def cmd_bench(args) -> int:
     return EXIT_OK
 
 
+def positions_of(args):
+    from .reports import read_positions
+    return read_positions(args.positions) if args.positions else None
+
+
 def cmd_report(args) -> int:
-    from .reports import comparison_table, load_records
-    text = comparison_table(load_records(args.records)).render(args.format, args.rows)
+    from .reports import breakdown, comparison_table, load_records
+    records = load_records(args.records, positions_of(args))
+    if args.by:
+        text = breakdown(records, args.by, args.model).render(args.format)
+    else:
+        text = comparison_table(records).render(args.format, args.rows)
     if args.output:
         with open(args.output, "w") as f:
             f.write(text)
@@ -423,7 +432,7 @@ def cmd_diff(args) -> int:
         name = lambda r, p: os.path.splitext((r.get("model") or {}).get("file", p))[0]
         print(paired_tasks(a, b, name(ra, args.a), name(rb, args.b)).format(), end="")
         return EXIT_OK
-    a, b = load_records([args.a, args.b])
+    a, b = load_records([args.a, args.b], positions_of(args))
     print(paired_diff(a, b).format(), end="")
     return EXIT_OK
 
@@ -619,6 +628,16 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("records", nargs="+", metavar="RECORD.json")
     r.add_argument("--format", choices=("markdown", "csv", "json"), default="markdown")
     r.add_argument("--rows", action="store_true", help="one row per quant instead of a column")
+    r.add_argument("--by", choices=("confidence", "class"),
+                   help="mean KLD and same top by bucket of the base's top-1 probability, or "
+                        "by class of the scored token (word start, continuation, digit, "
+                        "punctuation, whitespace, special)")
+    r.add_argument("--model", "-m", metavar="MODEL.gguf",
+                   help="the vocabulary --by class reads token text from (default: the "
+                        "records' model)")
+    r.add_argument("--positions", metavar="FILE",
+                   help="restrict every statistic to these token positions (0-based "
+                        "indices of the scored tokens; numbers and A:B ranges)")
     r.add_argument("-o", "--output", metavar="FILE")
     r.set_defaults(func=cmd_report)
 
@@ -651,6 +670,8 @@ def build_parser() -> argparse.ArgumentParser:
                                     "the base at 95 %%.")
     df.add_argument("a", metavar="A.json")
     df.add_argument("b", metavar="B.json")
+    df.add_argument("--positions", metavar="FILE",
+                    help="compare over these token positions only (as for report)")
     df.set_defaults(func=cmd_diff)
 
     pl = sub.add_parser("plot", parents=[common], help="plot quants from JSON records",

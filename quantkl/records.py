@@ -43,6 +43,11 @@ def per_token_summary(result: KLDResult) -> Dict[str, Any]:
     return out
 
 
+# Per-token arrays a record's sidecar holds when its result had them (records
+# written before top-k overlap and the base's confidence were kept lack them).
+OPTIONAL_ARRAYS = ("p_top", "overlap", "token")
+
+
 def sidecar_path(path: str) -> str:
     """The per-token arrays' file beside a record: OUT.json -> OUT.npz."""
     return os.path.splitext(path)[0] + ".npz"
@@ -83,7 +88,9 @@ def write_record(path: str, result: KLDResult, meta: Dict[str, Any], force: bool
     write_json_and_arrays(path, record, sidecar, kld=result.kld, nll=result.nll,
                           nll_base=result.nll_base, rank=result.rank,
                           chunk_ends=np.asarray(result.chunk_ends, np.int64),
-                          top_base=result.top_base, top_other=result.top_other)
+                          top_base=result.top_base, top_other=result.top_other,
+                          **{name: getattr(result, name) for name in OPTIONAL_ARRAYS
+                             if getattr(result, name) is not None})
     return sidecar
 
 
@@ -176,11 +183,16 @@ def load_result(path: str, record: Optional[Dict[str, Any]] = None) -> KLDResult
         with np.load(sidecar) as z:
             arrays = {k: z[k] for k in ("kld", "nll", "nll_base", "rank", "chunk_ends",
                                         "top_base", "top_other")}
+            extra = {k: z[k] for k in OPTIONAL_ARRAYS if k in z.files}
     except OSError:
         raise ValueError(f"{path}: its per-token file {sidecar} is missing") from None
     except (KeyError, ValueError, zipfile.BadZipFile) as e:
         raise ValueError(f"{path}: its per-token file {sidecar} is damaged ({e})") from None
     n = record["count"]
+    for name, a in extra.items():
+        if len(a) != n or a.ndim != (2 if name == "overlap" else 1):
+            raise ValueError(f"{path}: {sidecar} holds {a.shape} for '{name}', the record "
+                             f"counts {n} tokens")
     for name, a in arrays.items():
         if name != "chunk_ends" and (a.ndim != 1 or len(a) != n):
             raise ValueError(f"{path}: {sidecar} holds {a.shape} for '{name}', the record "
@@ -191,7 +203,7 @@ def load_result(path: str, record: Optional[Dict[str, Any]] = None) -> KLDResult
         raise ValueError(f"{path}: field 'topk' is not a list of whole numbers in 1..10")
     return KLDResult(arrays["kld"], arrays["nll"], arrays["nll_base"], arrays["rank"],
                      record["mode"], topk, chunk_ends=arrays["chunk_ends"].tolist(),
-                     top_base=arrays["top_base"], top_other=arrays["top_other"])
+                     top_base=arrays["top_base"], top_other=arrays["top_other"], **extra)
 
 
 # What must be equal in shards of one run, and the name a user knows it by.

@@ -57,9 +57,12 @@ class QuantRecord:
         return self._result
 
 
-def load_records(paths: Sequence[str]) -> List[QuantRecord]:
+def load_records(paths: Sequence[str], positions: Optional[np.ndarray] = None
+                 ) -> List[QuantRecord]:
     """Read records and check they were scored against one base on the same
-    tokens; task records join the quant of the same model file."""
+    tokens; task records join the quant of the same model file. positions:
+    token positions (indices of the records' scored tokens) every statistic
+    is restricted to."""
     from .tasks import is_task_record, read_task_record
     if not paths:
         raise ValueError("no records given")
@@ -77,8 +80,126 @@ def load_records(paths: Sequence[str]) -> List[QuantRecord]:
                                model.get("bits_per_weight")))
     if out:
         check_comparable(out)
+    if positions is not None:
+        for q in out:
+            _restrict(q, positions)
     _attach_tasks(out, task_records)
     return out
+
+
+def read_positions(path: str) -> np.ndarray:
+    """Token positions from a text file: whole numbers (0-based indices of a
+    record's scored tokens) and half-open ranges A:B, separated by spaces,
+    commas or newlines; # starts a comment. Sorted, without repeats."""
+    from .dumpfile import regular_file_size
+    regular_file_size(path, "positions file")
+    picked = []
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for ln, line in enumerate(f, 1):
+            for item in line.split("#", 1)[0].replace(",", " ").split():
+                try:
+                    if ":" in item:
+                        a, b = (int(v) for v in item.split(":", 1))
+                        if not 0 <= a <= b:
+                            raise ValueError
+                        picked.extend(range(a, b))
+                    else:
+                        v = int(item)
+                        if v < 0:
+                            raise ValueError
+                        picked.append(v)
+                except ValueError:
+                    raise ValueError(f"{path}: line {ln}: {item!r} is not a position (a whole "
+                                     f"number from 0) or a range A:B") from None
+    if not picked:
+        raise ValueError(f"{path}: no positions in the file")
+    return np.unique(np.asarray(picked, np.int64))
+
+
+def _restrict(q: QuantRecord, positions: np.ndarray) -> None:
+    full = q.result()
+    if positions[-1] >= full.count:
+        raise ValueError(f"position {int(positions[-1])} is past the {full.count} tokens "
+                         f"{q.path} scored")
+    mask = np.zeros(full.count, bool)
+    mask[positions] = True
+    sub = full.subset(mask)
+    q.record = {**q.record, "statistics": sub.to_dict(), "positions": len(positions)}
+    q._result = sub
+
+
+@dataclass
+class Breakdown:
+    """Mean KLD and same top by bucket (of the base's confidence or the scored
+    token's class), one column pair per quant."""
+    by: str
+    buckets: List[str]
+    counts: List[int]
+    quants: List[str]
+    rows: List[List[Dict[str, float]]]  # [quant][bucket]
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {"by": self.by, "buckets": self.buckets, "counts": self.counts,
+                "quants": {q: r for q, r in zip(self.quants, self.rows)}}
+
+    def render(self, fmt: str = "markdown") -> str:
+        if fmt == "json":
+            return json.dumps(self.to_dict(), indent=2) + "\n"
+        label = "Base top-1 p" if self.by == "confidence" else "Token class"
+        header = [label, "Tokens"]
+        for q in self.quants:
+            header += [f"{q} KLD mean", f"{q} same top"]
+        body = []
+        for i, bucket in enumerate(self.buckets):
+            line = [bucket, str(self.counts[i])]
+            for rows in self.rows:
+                r = rows[i]
+                if not r["count"]:
+                    line += ["-", "-"]
+                    continue
+                line += [f"{r['kld_mean']:.6f} ± {r['kld_mean_unc']:.6f}",
+                         f"{100 * r['same_top']:.2f} ± {100 * r['same_top_unc']:.2f} %"]
+            body.append(line)
+        if fmt == "csv":
+            buf = io.StringIO()
+            w = csv.writer(buf)
+            w.writerow(header)
+            w.writerows(body)
+            return buf.getvalue()
+        if fmt != "markdown":
+            raise ValueError(f"unknown format {fmt!r}: markdown, csv or json")
+        lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in body]) + "\n"
+
+
+def breakdown(records: Sequence[QuantRecord], by: str, model: Optional[str] = None
+              ) -> Breakdown:
+    """Mean KLD and same top of each KLD record by the base's top-1
+    probability (by="confidence") or by the scored token's class (by="class",
+    classes from the vocabulary of model, by default the records' model)."""
+    recs = sorted((r for r in records if r.has_kld), key=lambda r: r.stats["kld_mean"])
+    if not recs:
+        raise ValueError("--by needs KLD records (from quantkl score or compare)")
+    results = [r.result() for r in recs]
+    if by == "confidence":
+        rows = [res.by_confidence() for res in results]
+    elif by == "class":
+        from .runner import Vocabulary
+        from .tokenclass import TOKEN_CLASSES, token_classes
+        if any(res.token is None for res in results):
+            raise ValueError("a record has no token ids (written before quantkl kept them): "
+                             "score it again for --by class")
+        model = model or next(((r.record.get("model") or {}).get("path") for r in recs
+                               if (r.record.get("model") or {}).get("path")), None)
+        if not model or not os.path.exists(model):
+            raise ValueError("--by class reads token text from a model's vocabulary: give "
+                             "--model MODEL.gguf")
+        classes = token_classes(Vocabulary(model), results[0].token)
+        rows = [res.by_class(classes, TOKEN_CLASSES) for res in results]
+    else:
+        raise ValueError(f"unknown breakdown {by!r}: confidence or class")
+    return Breakdown(by, [r["bucket"] for r in rows[0]], [r["count"] for r in rows[0]],
+                     [r.name for r in recs], rows)
 
 
 def _model_key(record: Dict[str, Any]) -> Optional[Tuple[Any, Any]]:
@@ -191,6 +312,9 @@ MEASUREMENTS: List[Tuple[str, Any, int, bool]] = [
     ("Δp min", lambda r: r.stats["dp_min"], 2, True),
     ("RMS Δp", lambda r: r.stats["dp_rms"], 2, True),
     ("Same top", lambda r: r.stats["same_top"], 2, True),
+    ("Top-5 overlap", lambda r: r.stats["top5_overlap_mean"], 2, True),
+    ("Top-10 overlap", lambda r: r.stats["top10_overlap_mean"], 2, True),
+    ("Base top-1 p", lambda r: r.stats["p_top_mean"], 2, True),
     ("1/PPL per GB", lambda r: _per_gb(1 / r.stats["ppl"], r), 4, False),
     ("1/KLD per GB", lambda r: _per_gb(1 / r.stats["kld_mean"] if r.stats["kld_mean"] > 0
                                        else None, r), 3, False),

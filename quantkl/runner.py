@@ -154,6 +154,11 @@ class Vocabulary:
     def text(self, tokens) -> str:
         return "".join(self.piece(t) for t in tokens)
 
+    def is_special(self, token: int) -> bool:
+        """Control and end-of-generation tokens (chat markers, BOS, EOS, ...)."""
+        lc, t = self._lc, int(token)
+        return bool(lc.llama_vocab_is_control(self._vocab, t) or lc.llama_vocab_is_eog(self._vocab, t))
+
     def close(self) -> None:
         if self._model:
             self._lc.llama_model_free(self._model)

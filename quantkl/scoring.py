@@ -12,7 +12,7 @@ from typing import Optional, Sequence, Union
 import numpy as np
 
 from . import _kernels
-from .arrays import LlamaRows, logits_view, thread_count, threads_for, token_ids
+from .arrays import TOPK_MAX, LlamaRows, logits_view, thread_count, threads_for, token_ids
 from .stats import MODES, KLDResult, check_topk
 
 Distributions = Union[np.ndarray, LlamaRows]
@@ -168,7 +168,8 @@ class Scorer:
         # rounded step by step); the exact ones differ by its rounding noise.
         nll = rows.nll_q_llama if self.mode == "llama" else rows.nll_q
         block = KLDResult(rows.kld, nll, rows.nll_p, rows.rank, self.mode, self.topk,
-                          top_base=rows.top_p, top_other=rows.top_q)
+                          top_base=rows.top_p, top_other=rows.top_q, p_top=rows.p_top,
+                          overlap=rows.overlap, token=np.asarray(tokens, np.int64))
         self._blocks.append(block)
         return block
 
@@ -176,7 +177,9 @@ class Scorer:
         """Everything scored so far, one chunk per update (for the per-chunk table)."""
         if not self._blocks:
             return KLDResult(np.empty(0), np.empty(0), np.empty(0), np.empty(0, np.int8),
-                             self.mode, self.topk, [])
+                             self.mode, self.topk, [], p_top=np.empty(0),
+                             overlap=np.empty((0, TOPK_MAX), np.uint8),
+                             token=np.empty(0, np.int64))
         total = self._blocks[0]
         for b in self._blocks[1:]:
             total = total + b

@@ -24,6 +24,11 @@ KLD_LOW_PERCENTILES = ((0.100, "10.0%"), (0.050, " 5.0%"), (0.010, " 1.0%"), (0.
 DP_HIGH_PERCENTILES = KLD_PERCENTILES + ((0.750, "75.0%"),)
 DP_LOW_PERCENTILES = ((0.250, "25.0%"),) + KLD_LOW_PERCENTILES
 
+# Buckets of the base's top-1 probability for by_confidence.
+CONFIDENCE_EDGES = (0.0, 0.25, 0.5, 0.75, 0.9, 1.0)
+# Percentiles given for the statistics beyond llama-perplexity's block.
+SPREAD_PERCENTILES = (0.01, 0.05, 0.10, 0.50, 0.90)
+
 CHUNK_HEADER = ("chunk             PPL               ln(PPL(Q)/PPL(base))          KL Divergence"
                 "              Δp RMS            Same top p")
 
@@ -42,6 +47,16 @@ def _exp(x: float) -> float:
 def _sqrt(x: float) -> float:
     """sqrt of a variance: nan for a negative one (rounding of huge values)."""
     return math.sqrt(x) if x >= 0 else float("nan")
+
+
+def _spread(name: str, values: np.ndarray) -> Dict[str, float]:
+    """Mean, its standard error and percentiles of a per-token quantity."""
+    v = np.sort(np.asarray(values, np.float64))
+    m, u = mean_and_uncertainty(float(v.sum()), float((v * v).sum()), len(v))
+    out = {f"{name}_mean": m, f"{name}_mean_unc": u}
+    for f in SPREAD_PERCENTILES:
+        out[stat_key(name, f)] = percentile(v, f)
+    return out
 
 
 def mean_and_uncertainty(total: float, total2: float, n: int) -> Tuple[float, float]:
@@ -97,13 +112,19 @@ class KLDResult:
     Per-token arrays: ``kld``, ``nll`` (other model), ``nll_base``, ``dp``,
     ``rank`` (rank of the base's top token among the other model's
     predictions, 0 = same top, 10 = not in its top 10), ``top_base`` and
-    ``top_other`` (each model's most likely token).
+    ``top_other`` (each model's most likely token), and where the kernels gave
+    them (records before quantkl 0.1.0's issue-12 work lack them: None):
+    ``p_top`` (the base's top-1 probability), ``overlap`` ((tokens, 10):
+    column k - 1 counts the base's top k among the other model's top k) and
+    ``token`` (the scored token's id).
     """
 
     def __init__(self, kld: np.ndarray, nll: np.ndarray, nll_base: np.ndarray,
                  rank: np.ndarray, mode: str = "llama", topk: Sequence[int] = (1, 5, 10),
                  chunk_ends: Optional[Iterable[int]] = None,
-                 top_base: Optional[np.ndarray] = None, top_other: Optional[np.ndarray] = None):
+                 top_base: Optional[np.ndarray] = None, top_other: Optional[np.ndarray] = None,
+                 p_top: Optional[np.ndarray] = None, overlap: Optional[np.ndarray] = None,
+                 token: Optional[np.ndarray] = None):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         n = len(kld)
@@ -118,6 +139,15 @@ class KLDResult:
         # Each model's most likely token per row (-1 where not known).
         self.top_base = np.full(n, -1, np.int32) if top_base is None else np.asarray(top_base, np.int32)
         self.top_other = np.full(n, -1, np.int32) if top_other is None else np.asarray(top_other, np.int32)
+        self.p_top = None if p_top is None else np.asarray(p_top, np.float64)
+        self.overlap = None if overlap is None else np.asarray(overlap, np.uint8)
+        self.token = None if token is None else np.asarray(token, np.int64)
+        for name in ("p_top", "overlap", "token"):
+            a = getattr(self, name)
+            if a is not None and len(a) != n:
+                raise ValueError(f"{name} must have one entry per token")
+        if self.overlap is not None and self.overlap.shape[1:] != (TOPK_MAX,):
+            raise ValueError(f"overlap must be (tokens, {TOPK_MAX})")
         if mode == "llama":
             # llama.cpp: float nll, nll_base; p = expf(-nll); Δp in float.
             nll32 = self.nll.astype(np.float32)
@@ -137,13 +167,31 @@ class KLDResult:
             raise ValueError(f"cannot add a {other.mode!r}-mode result to a {self.mode!r}-mode one")
         n = self.count
         ends = self.chunk_ends + [n + e for e in other.chunk_ends]
+
+        def joined(name):  # an optional array survives only if both sides have it
+            a, b = getattr(self, name), getattr(other, name)
+            return None if a is None or b is None else np.concatenate([a, b])
+
         return KLDResult(np.concatenate([self.kld, other.kld]),
                          np.concatenate([self.nll, other.nll]),
                          np.concatenate([self.nll_base, other.nll_base]),
                          np.concatenate([self.rank, other.rank]), self.mode,
                          sorted(set(self.topk) | set(other.topk)), ends,
                          np.concatenate([self.top_base, other.top_base]),
-                         np.concatenate([self.top_other, other.top_other]))
+                         np.concatenate([self.top_other, other.top_other]),
+                         joined("p_top"), joined("overlap"), joined("token"))
+
+    def subset(self, mask: np.ndarray) -> "KLDResult":
+        """The tokens where mask is true, as one chunk (statistics over a
+        chosen set of positions)."""
+        mask = np.asarray(mask, bool)
+        if mask.shape != (self.count,):
+            raise ValueError(f"the mask must have one entry per token ({self.count})")
+        pick = lambda a: None if a is None else a[mask]
+        return KLDResult(self.kld[mask], self.nll[mask], self.nll_base[mask], self.rank[mask],
+                         self.mode, self.topk, [int(mask.sum())], self.top_base[mask],
+                         self.top_other[mask], pick(self.p_top), pick(self.overlap),
+                         pick(self.token))
 
     @property
     def count(self) -> int:
@@ -228,11 +276,57 @@ class KLDResult:
         for k in self.topk:
             s, u = self.topk_agreement(k)
             out[f"top{k}_agreement"], out[f"top{k}_agreement_unc"] = s, u
+        if self.overlap is not None and self.count:
+            for k in self.topk:
+                out.update(_spread(f"top{k}_overlap", self.topk_overlap(k)))
+        if self.p_top is not None and self.count:
+            out.update(_spread("p_top", self.p_top))
         return out
+
+    def topk_overlap(self, k: int) -> np.ndarray:
+        """Per token, |top_k(base) ∩ top_k(other)| / k (needs ``overlap``)."""
+        check_topk([k])
+        if self.overlap is None:
+            raise ValueError("this result has no top-k overlap (scored before quantkl kept it)")
+        return self.overlap[:, k - 1] / np.float64(k)
+
+    def by_confidence(self, edges: Sequence[float] = CONFIDENCE_EDGES) -> List[Dict[str, float]]:
+        """Mean KLD (± its s.e.) and same top (± its s.e.) by bucket of the
+        base's top-1 probability: [edges[i], edges[i+1]), the last bucket closed."""
+        if self.p_top is None:
+            raise ValueError("this result has no base top-1 probabilities (scored before "
+                             "quantkl kept them)")
+        edges = list(edges)
+        rows = []
+        for i, (lo, hi) in enumerate(zip(edges[:-1], edges[1:])):
+            last = i == len(edges) - 2
+            mask = (self.p_top >= lo) & ((self.p_top <= hi) if last else (self.p_top < hi))
+            rows.append({"bucket": f"[{lo:g}, {hi:g}{']' if last else ')'}", "lo": lo, "hi": hi,
+                         **self.subset(mask).bucket_summary()})
+        return rows
+
+    def by_class(self, classes: np.ndarray, names: Sequence[str]) -> List[Dict[str, float]]:
+        """The same by class of the scored token: classes[i] is the index in
+        names of token i's class (see quantkl.tokenclass)."""
+        classes = np.asarray(classes)
+        if classes.shape != (self.count,):
+            raise ValueError(f"classes must have one entry per token ({self.count})")
+        return [{"bucket": name, **self.subset(classes == i).bucket_summary()}
+                for i, name in enumerate(names)]
+
+    def bucket_summary(self) -> Dict[str, float]:
+        """count, mean KLD and same top with their uncertainties (nan when empty)."""
+        if not self.count:
+            nan = float("nan")
+            return {"count": 0, "kld_mean": nan, "kld_mean_unc": nan, "same_top": nan,
+                    "same_top_unc": nan}
+        s = self._summary()
+        return {k: s[k] for k in ("count", "kld_mean", "kld_mean_unc", "same_top",
+                                  "same_top_unc")}
 
     def __getattr__(self, name: str) -> float:
         if name.startswith("_") or name in ("kld", "nll", "nll_base", "dp", "rank", "top_base",
-                                            "top_other"):
+                                            "top_other", "p_top", "overlap", "token"):
             raise AttributeError(name)
         stats = self.statistics()
         if name in stats:
@@ -280,6 +374,31 @@ class KLDResult:
                 + "    %6.3f ± %6.3f %%" % (100 * s["same_top"], 100 * s["same_top_unc"]))
 
     def format(self) -> str:
+        """llama-perplexity's statistics block (format_llama), then, in a block
+        of its own, what quantkl adds: the base's top-1 probability, top-k set
+        overlap and mean KLD by the base's confidence. Empty below 100 tokens,
+        as llama-perplexity prints nothing there."""
+        block = self.format_llama()
+        more = self.format_more()
+        return block + ("\n" + more if block and more else "")
+
+    def format_more(self) -> str:
+        """The block after llama-perplexity's (empty for results without the
+        arrays it needs)."""
+        if self.count < 100 or self.p_top is None or self.overlap is None:
+            return ""
+        s = self.statistics()
+        L = ["====== Beyond llama-perplexity ======",
+             "Base top-1 p  : %6.3f ± %5.3f %%" % (100 * s["p_top_mean"],
+                                                  100 * s["p_top_mean_unc"])]
+        L += ["Top-%-2d overlap: %6.3f ± %5.3f %%" % (k, 100 * s[f"top{k}_overlap_mean"],
+                                                    100 * s[f"top{k}_overlap_mean_unc"])
+              for k in self.topk]
+        L += ["", "By base top-1 p   tokens    Mean KLD                Same top p"]
+        L += [format_bucket(r) for r in self.by_confidence()]
+        return "\n".join(L) + "\n"
+
+    def format_llama(self) -> str:
         """The statistics block exactly as llama-perplexity prints it, from
         "====== Perplexity statistics ======" to "Same top p". llama-perplexity
         prints nothing below 100 tokens; neither does this (empty string)."""
@@ -321,6 +440,15 @@ class KLDResult:
         return (f"KLDResult(mode={self.mode!r}, count={self.count}, "
                 f"kld_mean={s['kld_mean']:.6f}, ppl_ratio={s['ppl_ratio']:.6f}, "
                 f"same_top={s['same_top']:.4f})")
+
+
+def format_bucket(row: Dict[str, float], width: int = 15) -> str:
+    """One line of a breakdown table (by confidence or by token class)."""
+    if not row["count"]:
+        return "%-*s %8d    -" % (width, row["bucket"], 0)
+    return "%-*s %8d    %9.6f ± %9.6f    %7.3f ± %6.3f %%" % (
+        width, row["bucket"], row["count"], row["kld_mean"], row["kld_mean_unc"],
+        100 * row["same_top"], 100 * row["same_top_unc"])
 
 
 def check_topk(topk: Iterable[int]) -> List[int]:

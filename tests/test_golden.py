@@ -11,8 +11,18 @@ from rowcheck import assert_llama_rows_close
 NUMBER = re.compile(r"-?\d+\.\d+")
 
 
+def upto_same_top(text: str) -> str:
+    """A printout up to llama-perplexity's last statistics line ("Same top p"),
+    without the block quantkl prints after it."""
+    return text[:text.index("\n", text.rindex("Same top p:")) + 1]
+
+
 def block_of(text: str) -> str:
-    return text[text.index("====== Perplexity statistics"):].rstrip("\n") + "\n"
+    """llama-perplexity's statistics block in a printout: its first line to
+    the "Same top p" line."""
+    start = text.index("====== Perplexity statistics")
+    end = text.index("\n", text.index("Same top p:", start))
+    return text[start:end + 1]
 
 
 # Lines that print one token's KLD (SPEC §4): llama.cpp forms each term in
@@ -55,7 +65,7 @@ def test_q4_0_block_matches_llama_perplexity(dump, golden, kernel_path):
         scorer.update(ch.rows, q[r0:r0 + dump.rows_per_chunk], ch.tokens)
     res = scorer.result()
     expected = (golden / "llama-perplexity-kld-Q4_0.txt").read_text()
-    assert_same_printout(res.format(), block_of(expected))
+    assert_same_printout(res.format_llama(), block_of(expected))
     table = [res.format_chunk_row(c) for c in (1, 2)]
     assert_same_printout("\n".join([quantkl.stats.CHUNK_HEADER] + table),
                          "\n".join(expected.splitlines()[:3]))
