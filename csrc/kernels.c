@@ -337,26 +337,9 @@ QK_INLINE void norm_add_g(norm *s, vf *v, vf max)
     add_each_g(&s->lo, &s->hi, v);
 }
 
-/* A float side's top-k list from the blocks a pass listed, one vector at a time. */
-QK_INLINE void topk_of_logits(qk_topk *t, const qk_topk *blocks, const void *row, int dt,
-                              ptrdiff_t st, int64_t n)
-{
-    int64_t starts[QK_TOPK_MAX];
-    const int m = blocks_in_order(blocks, starts);
-    for (int j = 0; j < m; j++) {
-        const int64_t e = block_end(starts[j], n);
-        for (int64_t i = starts[j]; i < e; i += QK_W) {
-            vf v[QK_G];
-            vmask valid[QK_G];
-            load_logits_g(v, valid, row, dt, st, i, e, 0); /* only v[0] is used */
-            topk_add(t, v[0], i, valid[0]);
-        }
-    }
-}
-
-/* Entries [b, e) of a float side: the block's max (from memory), then, from
- * L1, unless
- * only the max is wanted (max_only), its exps against the running max.
+/* Entries [b, e) of a float side: the block's max (from memory), listed
+ * among the blocks its top-k list may come from, then, from L1, unless only
+ * the max is wanted (max_only), its exps against the running max.
  * streams: how many rows pass 1 reads side by side; QK_PREFETCH bytes ahead
  * are shared among them, and the prefetches are spread over the exps, for
  * issued all at once while the max is taken they overflow the core's
@@ -484,20 +467,46 @@ QK_INLINE void llama_logits_step(llama_logits_sums *s, const llama_logits_consts
     add_terms_g(&s->t_lo, &s->t_hi, t);
 }
 
-/* A llama row's top-k list of decoded log p from the blocks a pass listed. */
-QK_INLINE void topk_of_codes(qk_topk *t, const qk_topk *blocks, const uint16_t *row, vf scale,
-                             vf min_log_prob, int64_t n)
+/* What a side's top-k list is taken from: float logits, or a llama row's
+ * codes decoded to log p (scale and min_log_prob from its header). */
+typedef struct {
+    const void *row;
+    int dt, codes;
+    ptrdiff_t st;
+    vf scale, min_log_prob;
+} side_values;
+
+QK_INLINE side_values logits_side(const void *row, int dt, ptrdiff_t st)
+{
+    const side_values v = {row, dt, 0, st, vf_set1(0.0f), vf_set1(0.0f)};
+    return v;
+}
+
+QK_INLINE side_values codes_side(const uint16_t *row, vf scale, vf min_log_prob)
+{
+    const side_values v = {row, QK_F32, 1, 1, scale, min_log_prob};
+    return v;
+}
+
+/* A side's top-k list from the blocks a pass listed, one vector at a time. */
+QK_INLINE void topk_of_blocks(qk_topk *t, const qk_topk *blocks, const side_values *sv,
+                              int64_t n)
 {
     int64_t starts[QK_TOPK_MAX];
     const int m = blocks_in_order(blocks, starts);
     for (int j = 0; j < m; j++) {
         const int64_t e = block_end(starts[j], n);
         for (int64_t i = starts[j]; i < e; i += QK_W) {
-            vf c[QK_G];
+            vf v[QK_G]; /* only v[0] and valid[0] are used */
             vmask valid[QK_G];
-            load_codes_g(c, row, i, e, 0); /* only c[0] is used */
-            valid_g(valid, i, e, 0);
-            topk_add(t, decode(c[0], scale, min_log_prob), i, valid[0]);
+            if (sv->codes) {
+                load_codes_g(v, (const uint16_t *)sv->row, i, e, 0);
+                valid_g(valid, i, e, 0);
+                v[0] = decode(v[0], sv->scale, sv->min_log_prob);
+            } else {
+                load_logits_g(v, valid, sv->row, sv->dt, sv->st, i, e, 0);
+            }
+            topk_add(t, v[0], i, valid[0]);
         }
     }
 }
@@ -539,7 +548,8 @@ QK_INLINE void llama_logits_row(const uint16_t *p_row, const void *q, int dt, pt
     qk_topk tq = {0}, bq = {0};
     for (int64_t b = 0; b < n; b += QK_BLOCK)
         norm_block(&nq, q, dt, st, b, block_end(b, n), &bq, 0, 1);
-    topk_of_logits(&tq, &bq, q, dt, st, n);
+    const side_values qv = logits_side(q, dt, st);
+    topk_of_blocks(&tq, &bq, &qv, n);
     const double lse = norm_lse(&nq);
     out->status = norm_status(&nq, lse, QK_Q_NONFINITE, QK_Q_EMPTY);
     if (out->status)
@@ -573,7 +583,8 @@ QK_INLINE void llama_logits_row(const uint16_t *p_row, const void *q, int dt, pt
         }
         blocks_add(&bp, vf_hmax(s.lp_max), b);
     }
-    topk_of_codes(&tp, &bp, p_row, k.scale, k.min_log_prob, n);
+    const side_values pv = codes_side(p_row, k.scale, k.min_log_prob);
+    topk_of_blocks(&tp, &bp, &pv, n);
     const double sum_p = exact ? vd_hsum(widened_sum(s.p_lo, s.p_hi))
                                : vd_hsum(widened_sum(vf_lo_pd(s.p32), vf_hi_pd(s.p32)));
     if (qk_row_corrupt(&h, qk_topk_best(&tp), sum_p, p_row, n)) {
@@ -682,8 +693,9 @@ QK_INLINE void logits_logits_row(const void *p, int dp, ptrdiff_t sp, const void
         norm_block(&np, p, dp, sp, b, block_end(b, n), &bp, exact, 2);
         norm_block(&nq, q, dq, sq, b, block_end(b, n), &bq, 0, 2);
     }
-    topk_of_logits(&tp, &bp, p, dp, sp, n);
-    topk_of_logits(&tq, &bq, q, dq, sq, n);
+    const side_values pv = logits_side(p, dp, sp), qv = logits_side(q, dq, sq);
+    topk_of_blocks(&tp, &bp, &pv, n);
+    topk_of_blocks(&tq, &bq, &qv, n);
     /* exact mode takes the base's exps (and meets its NaNs) only in pass 2 */
     const double lse_q = norm_lse(&nq), lse_p1 = exact ? 0.0 : norm_lse(&np);
     out->status = qk_side_status(np.max == INFINITY || isnan(lse_p1), np.max, QK_P_NONFINITE,
@@ -899,8 +911,9 @@ QK_INLINE void llama_llama_row(const uint16_t *p_row, const uint16_t *q_row, int
         blocks_add(&bp, vf_hmax(s.lp_max), b);
         blocks_add(&bq, vf_hmax(s.lq_max), b);
     }
-    topk_of_codes(&tp, &bp, p_row, k.sp, k.mp, n);
-    topk_of_codes(&tq, &bq, q_row, k.sq, k.mq, n);
+    const side_values pv = codes_side(p_row, k.sp, k.mp), qv = codes_side(q_row, k.sq, k.mq);
+    topk_of_blocks(&tp, &bp, &pv, n);
+    topk_of_blocks(&tq, &bq, &qv, n);
     const double q_n = (double)s.q_tail_n, mq = hq.min_log_prob;
     const double s_t = vd_hsum(widened_sum(s.t_lo, s.t_hi));
     const double s_pq = vd_hsum(widened_sum(vf_lo_pd(s.pq), vf_hi_pd(s.pq)));

@@ -160,16 +160,7 @@ class Breakdown:
                 line += [f"{r['kld_mean']:.6f} ± {r['kld_mean_unc']:.6f}",
                          f"{100 * r['same_top']:.2f} ± {100 * r['same_top_unc']:.2f} %"]
             body.append(line)
-        if fmt == "csv":
-            buf = io.StringIO()
-            w = csv.writer(buf)
-            w.writerow(header)
-            w.writerows(body)
-            return buf.getvalue()
-        if fmt != "markdown":
-            raise ValueError(f"unknown format {fmt!r}: markdown, csv or json")
-        lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in body]) + "\n"
+        return render_rows(header, body, fmt)
 
 
 def breakdown(records: Sequence[QuantRecord], by: str, model: Optional[str] = None
@@ -346,19 +337,9 @@ class ComparisonTable:
         if by_rows:
             header = ["Quant"] + self.measurements
             body = [[q] + [row[j] for row in self.text] for j, q in enumerate(self.quants)]
-        if fmt == "markdown":
-            lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-            lines += ["| " + " | ".join(r) + " |" for r in body]
-            return "\n".join(lines) + "\n"
-        if fmt == "csv":
-            buf = io.StringIO()
-            w = csv.writer(buf)
-            w.writerow(header)
-            w.writerows(body)
-            return buf.getvalue()
         if fmt == "json":
             return json.dumps(self.to_dict(), indent=2) + "\n"
-        raise ValueError(f"unknown format {fmt!r}: markdown, csv or json")
+        return render_rows(header, body, fmt)
 
 
 def _task_measurements(records: Sequence[QuantRecord]):
@@ -375,6 +356,20 @@ def _task_measurements(records: Sequence[QuantRecord]):
                                                            - r.tasks[t]["interval95"][0]) / 2,
                     2, True))
     return out
+
+
+def render_rows(header: List[str], body: List[List[str]], fmt: str) -> str:
+    """A table as markdown or CSV."""
+    if fmt == "csv":
+        buf = io.StringIO()
+        w = csv.writer(buf)
+        w.writerow(header)
+        w.writerows(body)
+        return buf.getvalue()
+    if fmt != "markdown":
+        raise ValueError(f"unknown format {fmt!r}: markdown, csv or json")
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in body]) + "\n"
 
 
 def comparison_table(records: Sequence[QuantRecord]) -> ComparisonTable:

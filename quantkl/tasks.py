@@ -340,24 +340,9 @@ def score_hellaswag(model: str | os.PathLike, tasks: List[HellaswagTask], *,
                     ) -> "TaskResult":
     """HellaSwag acc_norm as llama-perplexity --hellaswag computes it."""
     order = llama_task_order(len(tasks), len(tasks) if n_tasks is None else n_tasks)
-    result = TaskResult("hellaswag", n_available=len(tasks))
-    with _open(model, n_ctx, options, verbose, result) as runner:
-        prepared = []
-        for t in (tasks[i] for i in order):
-            seqs = [runner.tokenize(t.context + " " + e) for e in t.endings]
-            p = _prepare(t.number, seqs)
-            if any(len(s) <= p.prefix for s in seqs):
-                raise ValueError(f"task {t.number}: an ending adds no tokens to the context")
-            prepared.append(p)
-        for batch, starts, logits in _batches(runner, prepared, 32, all_outputs=False):
-            for p, start in zip(batch, starts):
-                task = tasks[p.number - 1]
-                scores = _mean_log_probs(p, start, logits, runner.threads)
-                result.outcomes.append(TaskOutcome(p.number, task.gold, _first_max(scores),
-                                                   scores))
-                if on_task:
-                    on_task(result.count, len(order), result)
-    return result
+    return _score_by_mean_log_prob(
+        "hellaswag", model, tasks, order, lambda t: [t.context + " " + e for e in t.endings],
+        "an ending adds no tokens to the context", n_ctx, options, verbose, on_task)
 
 
 def score_multiple_choice(model: str | os.PathLike, tasks: List[MultipleChoiceTask], *,
@@ -369,21 +354,30 @@ def score_multiple_choice(model: str | os.PathLike, tasks: List[MultipleChoiceTa
     each answer tokenized as ``question + " " + answer`` with BOS, scored by its
     mean log-probability after the tokens all answers share; the first best
     answer is the choice."""
-    order = llama_pick_order(len(tasks), n_tasks)
-    result = TaskResult("multiple-choice", n_available=len(tasks))
+    return _score_by_mean_log_prob(
+        "multiple-choice", model, tasks, llama_pick_order(len(tasks), n_tasks),
+        lambda t: [t.question + " " + a for a in t.answers],
+        "an answer adds no tokens to the question", n_ctx, options, verbose, on_task)
+
+
+def _score_by_mean_log_prob(task: str, model, tasks, order: List[int], choice_texts,
+                            no_tokens: str, n_ctx: int, options: Optional[ModelOptions],
+                            verbose: bool, on_task) -> "TaskResult":
+    """HellaSwag's and multiple choice's common protocol: the choice with the
+    best mean log-probability after the shared prefix (the first on a tie)."""
+    result = TaskResult(task, n_available=len(tasks))
     with _open(model, n_ctx, options, verbose, result) as runner:
         prepared = []
         for t in (tasks[i] for i in order):
-            p = _prepare(t.number, [runner.tokenize(t.question + " " + a) for a in t.answers])
+            p = _prepare(t.number, [runner.tokenize(text) for text in choice_texts(t)])
             if any(len(s) <= p.prefix for s in p.seqs):
-                raise ValueError(f"task {t.number}: an answer adds no tokens to the question")
+                raise ValueError(f"task {t.number}: {no_tokens}")
             prepared.append(p)
         for batch, starts, logits in _batches(runner, prepared, 32, all_outputs=False):
             for p, start in zip(batch, starts):
-                task = tasks[p.number - 1]
                 scores = _mean_log_probs(p, start, logits, runner.threads)
-                result.outcomes.append(TaskOutcome(p.number, task.gold, _first_max(scores),
-                                                   scores))
+                result.outcomes.append(TaskOutcome(p.number, tasks[p.number - 1].gold,
+                                                   _first_max(scores), scores))
                 if on_task:
                     on_task(result.count, len(order), result)
     return result
