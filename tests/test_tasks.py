@@ -304,3 +304,24 @@ def test_report_and_plot_task_columns(task_records, capsys, tmp_path):
 def _model_of(d):
     rec, _ = read_task_record(str(d / "wg-Q8_0.json"))
     return rec["model"]["path"]
+
+
+def test_winogrande_final_line_and_packed_hellaswag(lp, smollm2, tmp_path, capsys):
+    # 120 tasks (the sample three times, ended by an empty line so that its
+    # last line is read too): llama-perplexity prints its final score line
+    lines = WINOGRANDE.read_text().splitlines()
+    many = tmp_path / "wg120.csv"
+    many.write_text("\n".join([lines[0]] + lines[1:] * 3) + "\n\n")
+    p = run_llama(lp, smollm2, "--winogrande", many, None)
+    final = next(line.split(" I ", 1)[1] for line in p.stderr.splitlines()
+                 if "Final Winogrande score" in line)
+    assert main(["tasks", smollm2, "--winogrande", str(many)]) == 0
+    out, err = capsys.readouterr()
+    assert "is not read" not in err and len(task_lines(out)) == 120
+    assert final in out.splitlines()
+    # --parallel 8 packs two HellaSwag tasks per decode, as llama-perplexity -np 8 does
+    p = subprocess.run([str(lp), "-m", smollm2, "-f", str(HELLASWAG), "--hellaswag", "-np", "8"],
+                       capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert main(["tasks", smollm2, "--hellaswag", str(HELLASWAG), "-np", "8"]) == 0
+    assert task_lines(capsys.readouterr().out) == task_lines(p.stdout)
