@@ -15,7 +15,11 @@
  * side's log-sum-exp inside it, p * ((lp - (y - Y)) + lse_hi), so that
  * near-identical rows do not lose their small KLD to cancellation between
  * large sums. The result: per row |KLD - reference| <= 1e-7 + 1e-6 * KLD,
- * the contract tests/test_kernels.py holds every build to.
+ * the contract tests/test_kernels.py holds every build to. Each side's top-10
+ * list is built at the end from the ten blocks with the largest maxima, and
+ * the reverse KL (the QK_REVERSE flag) adds its sums where both sides are
+ * read together (pass 2, or the one pass over two dumps), with an exp of Q
+ * per entry where there is none to share.
  */
 #include <math.h>
 #include <string.h>
@@ -410,6 +414,7 @@ QK_INLINE vf decode(vf c, vf scale, vf min_log_prob)
 
 typedef struct {
     vf scale, min_log_prob, cut, zero, ninf, ymax, lse_hi;
+    vd ymax64, lse64; /* reverse KL: Y and the full log-sum-exp */
 } llama_logits_consts;
 
 typedef struct {
@@ -421,13 +426,59 @@ typedef struct {
     int64_t tail_n;
     vmask inf;       /* exact mode, kept base entries where y is -inf: the KL is infinite */
     vf lp_max;       /* the block's largest decoded log p, for the top-k list */
+    vd r_lo, r_hi;   /* reverse KL: e * (lq - lp), e = exp((y - Y) - lse_hi), lq = log q, over
+                        live q (y finite) and, in exact mode, base code > 0 */
+    vd rt_lo, rt_hi; /* reverse KL, exact mode, base code 0: e * lq, and (below) e */
+    vd re_lo, re_hi;
 } llama_logits_sums;
+
+/* Reverse KL's per-entry sums, taken first (they need y and an exp of their
+ * own): q = exp(lq) against the base's decoded log p, or, for the base's
+ * code 0 in exact mode, its clipped tail's (known at the end: kept apart).
+ * log q - log p is formed in float64 from exact widenings: in float32 its
+ * roundings at |log q| ~ 20 reached the contract's limit on 262k rows. */
+QK_INLINE void llama_logits_reverse(llama_logits_sums *s, const llama_logits_consts *k,
+                                    int exact, const vf *c, const vf *y, const vmask *valid)
+{
+    vf e[QK_G];
+    vmask live[QK_G], tail[QK_G];
+    for (int j = 0; j < QK_G; j++) {
+        e[j] = (y[j] - k->ymax) - k->lse_hi;
+        live[j] = vm_and(valid[j], vf_gt(y[j], k->ninf));
+        tail[j] = vm_none();
+        if (exact) {
+            const vmask code = vf_gt(c[j], k->zero);
+            tail[j] = vm_andnot(live[j], code);
+            live[j] = vm_and(live[j], code);
+        }
+    }
+    vf_exp_n(e, QK_G);
+    for (int j = 0; j < QK_G; j++) {
+        const vf lp = decode(c[j], k->scale, k->min_log_prob);
+        const vf el = vf_keep(live[j], e[j]);
+        /* lq = (y - Y) - lse, exact in float64 but for lse's own rounding */
+        const vd lq_lo = (vf_lo_pd(y[j]) - k->ymax64) - k->lse64;
+        const vd lq_hi = (vf_hi_pd(y[j]) - k->ymax64) - k->lse64;
+        s->r_lo += vf_lo_pd(el) * vd_keep_lo(live[j], lq_lo - vf_lo_pd(lp));
+        s->r_hi += vf_hi_pd(el) * vd_keep_hi(live[j], lq_hi - vf_hi_pd(lp));
+        if (exact) {
+            const vf et = vf_keep(tail[j], e[j]);
+            s->rt_lo += vf_lo_pd(et) * vd_keep_lo(tail[j], lq_lo);
+            s->rt_hi += vf_hi_pd(et) * vd_keep_hi(tail[j], lq_hi);
+            s->re_lo += vf_lo_pd(et);
+            s->re_hi += vf_hi_pd(et);
+        }
+    }
+}
 
 /* Everything that needs y is taken before the exps, so that y is dead while
  * they run: four exp chains need most of the registers. */
-QK_INLINE void llama_logits_step(llama_logits_sums *s, const llama_logits_consts *k, int exact,
+QK_INLINE void llama_logits_step(llama_logits_sums *s, const llama_logits_consts *k, int flags,
                                  const vf *c, const vf *y, const vmask *valid)
 {
+    const int exact = flags & QK_EXACT;
+    if (flags & QK_REVERSE)
+        llama_logits_reverse(s, k, exact, c, y, valid);
     vf lp[QK_G], d[QK_G], t[QK_G];
     vmask keep[QK_G];
     for (int j = 0; j < QK_G; j++) {
@@ -535,8 +586,9 @@ static inline float llama_nll(float max, double lse, float logit)
 }
 
 QK_INLINE void llama_logits_row(const uint16_t *p_row, const void *q, int dt, ptrdiff_t st,
-                                int64_t n, int64_t tok, int exact, qk_row *out)
+                                int64_t n, int64_t tok, int flags, qk_row *out)
 {
+    const int exact = flags & QK_EXACT;
     memset(out, 0, sizeof *out);
     qk_header h;
     if (!qk_read_header(p_row, &h)) {
@@ -557,10 +609,10 @@ QK_INLINE void llama_logits_row(const uint16_t *p_row, const void *q, int dt, pt
     const float lse_hi = (float)lse;
     const llama_logits_consts k = {vf_set1(h.scale), vf_set1(h.min_log_prob), vf_set1(-16.0f),
                                    vf_set1(0.0f), vf_set1(-INFINITY), vf_set1(nq.max),
-                                   vf_set1(lse_hi)};
+                                   vf_set1(lse_hi), vd_set1((double)nq.max), vd_set1(lse)};
     const vd z = vd_set1(0.0);
     const vf zf = vf_set1(0.0f);
-    llama_logits_sums s = {z, z, zf, z, z, z, z, 0, vm_none(), zf};
+    llama_logits_sums s = {z, z, zf, z, z, z, z, 0, vm_none(), zf, z, z, z, z, z, z};
     qk_topk tp = {0}, bp = {0};
     for (int64_t b = 0; b < n; b += QK_BLOCK) {
         const int64_t e = block_end(b, n);
@@ -572,14 +624,14 @@ QK_INLINE void llama_logits_row(const uint16_t *p_row, const void *q, int dt, pt
             prefetch_span(p_row, 8 + 2 * i + QK_PREFETCH, 2 * QK_SPAN);
             load_codes_g(c, p_row, i, e, 1);
             load_logits_g(y, valid, q, dt, st, i, e, 1);
-            llama_logits_step(&s, &k, exact, c, y, valid);
+            llama_logits_step(&s, &k, flags, c, y, valid);
         }
         if (i < e) {
             vf c[QK_G], y[QK_G];
             vmask valid[QK_G];
             load_codes_g(c, p_row, i, e, 0);
             load_logits_g(y, valid, q, dt, st, i, e, 0);
-            llama_logits_step(&s, &k, exact, c, y, valid);
+            llama_logits_step(&s, &k, flags, c, y, valid);
         }
         blocks_add(&bp, vf_hmax(s.lp_max), b);
     }
@@ -599,6 +651,14 @@ QK_INLINE void llama_logits_row(const uint16_t *p_row, const void *q, int dt, pt
                               vd_hsum(widened_sum(s.y_lo, s.y_hi)));
     }
     out->kld = vm_bits(s.inf) ? INFINITY : kld;
+    if (flags & QK_REVERSE) {
+        /* q = e * exp(-(lse - lse_hi)) */
+        double r = vd_hsum(widened_sum(s.r_lo, s.r_hi));
+        if (s.tail_n > 0)
+            r += vd_hsum(widened_sum(s.rt_lo, s.rt_hi)) -
+                 c_tail * vd_hsum(widened_sum(s.re_lo, s.re_hi));
+        out->rkl = exp(-(lse - lse_hi)) * r;
+    }
     const float y_tok = qk_logit_at(q, dt, st, tok);
     const uint16_t c_tok = qk_code(p_row, tok);
     out->nll_q = ((double)nq.max + lse) - y_tok;
@@ -610,45 +670,80 @@ QK_INLINE void llama_logits_row(const uint16_t *p_row, const void *q, int dt, pt
     qk_set_tops(out, &tp, &tq, exp((double)tp.val[0]));
 }
 
+/* Each flag combination (exact, reverse) its own copy, the flags folded in. */
+#define QK_BY_FLAGS(CALL)                                                                      \
+    switch (mode & (QK_EXACT | QK_REVERSE)) {                                                  \
+    case 0: CALL(0); break;                                                                    \
+    case QK_EXACT: CALL(QK_EXACT); break;                                                      \
+    case QK_REVERSE: CALL(QK_REVERSE); break;                                                  \
+    default: CALL(QK_EXACT | QK_REVERSE); break;                                               \
+    }
+
 void QK_NAME(qk_score_llama_logits)(const uint16_t *p_row, const void *q, int q_dtype,
                                     ptrdiff_t q_stride, int64_t n_vocab, int64_t tok, int mode,
                                     qk_row *out)
 {
-    const int exact = mode == QK_EXACT;
-    /* Each call below is its own copy, with the dtype and mode folded in. */
+#define QK_LQ(DT, F) llama_logits_row(p_row, q, DT, 1, n_vocab, tok, F, out)
+#define QK_F32_ROW(F) QK_LQ(QK_F32, F)
+#define QK_F16_ROW(F) QK_LQ(QK_F16, F)
+#define QK_BF16_ROW(F) QK_LQ(QK_BF16, F)
     if (q_stride != 1)
-        llama_logits_row(p_row, q, q_dtype, q_stride, n_vocab, tok, exact, out);
+        llama_logits_row(p_row, q, q_dtype, q_stride, n_vocab, tok, mode, out);
     else if (q_dtype == QK_F32)
-        exact ? llama_logits_row(p_row, q, QK_F32, 1, n_vocab, tok, 1, out)
-              : llama_logits_row(p_row, q, QK_F32, 1, n_vocab, tok, 0, out);
+        QK_BY_FLAGS(QK_F32_ROW)
     else if (q_dtype == QK_F16)
-        exact ? llama_logits_row(p_row, q, QK_F16, 1, n_vocab, tok, 1, out)
-              : llama_logits_row(p_row, q, QK_F16, 1, n_vocab, tok, 0, out);
+        QK_BY_FLAGS(QK_F16_ROW)
     else
-        exact ? llama_logits_row(p_row, q, QK_BF16, 1, n_vocab, tok, 1, out)
-              : llama_logits_row(p_row, q, QK_BF16, 1, n_vocab, tok, 0, out);
+        QK_BY_FLAGS(QK_BF16_ROW)
+#undef QK_LQ
+#undef QK_F32_ROW
+#undef QK_F16_ROW
+#undef QK_BF16_ROW
 }
 
 /* --- logits x logits --------------------------------------------------------- */
 
 typedef struct {
-    vf xmax, ymax, lsep_hi, dlse_hi, cut, ninf;
+    vf xmax, ymax, lsep_hi, dlse_hi, cut, ninf, lseq_hi;
 } logits_consts;
 
 typedef struct {
     vd t_lo, t_hi; /* llama: kept p~ * (((x - X) - (y - Y)) + dlse_hi); exact: e * ((x - X) - (y - Y)) */
     vd e_lo, e_hi; /* exact mode: the base's normaliser, sum of e = exp(x - X) */
     vf p32;        /* llama mode: kept p~ (it only scales float32 roundings of lse) */
+    vd r_lo, r_hi; /* reverse KL: e * ((y - Y) - (x - X)), e = exp((y - Y) - lseq_hi), live q */
 } logits_sums;
+
+/* Reverse KL's per-entry sum: KL(Q||P) = sum q ((y - Y) - (x - X)) - lse_q + lse_p,
+ * each term small when the rows are alike; a -inf base logit under a live q
+ * makes it +inf. */
+QK_INLINE void logits_reverse(logits_sums *s, const logits_consts *k, const vf *x, const vf *y,
+                              const vmask *valid)
+{
+    vf yr[QK_G], e[QK_G], r[QK_G];
+    vmask live[QK_G];
+    for (int j = 0; j < QK_G; j++) {
+        yr[j] = y[j] - k->ymax;
+        e[j] = yr[j] - k->lseq_hi;
+        live[j] = vm_and(valid[j], vf_gt(y[j], k->ninf));
+    }
+    vf_exp_n(e, QK_G);
+    for (int j = 0; j < QK_G; j++)
+        r[j] = vf_keep(live[j], e[j] * (yr[j] - (x[j] - k->xmax)));
+    add_terms_g(&s->r_lo, &s->r_hi, r);
+}
 
 /* llama mode: the cut needs the base's log-sum-exp, so pass 1 took both
  * sides' and this is a third exp per entry: p~ = exp((x - X) - lsep_hi).
  * exact mode: pass 1 took only the other side's normaliser and the base's
  * max; the base's exps are taken here, for its normaliser and the terms
  * alike: KL = sum e * ((x - X) - (y - Y)) / sum e - lse_p + lse_q. */
-QK_INLINE void logits_step(logits_sums *s, const logits_consts *k, int exact, const vf *x,
+QK_INLINE void logits_step(logits_sums *s, const logits_consts *k, int flags, const vf *x,
                            const vf *y, const vmask *valid)
 {
+    const int exact = flags & QK_EXACT;
+    if (flags & QK_REVERSE)
+        logits_reverse(s, k, x, y, valid);
     vf xr[QK_G], e[QK_G], t[QK_G];
     vmask keep[QK_G];
     for (int j = 0; j < QK_G; j++)
@@ -682,8 +777,9 @@ QK_INLINE void logits_step(logits_sums *s, const logits_consts *k, int exact, co
 }
 
 QK_INLINE void logits_logits_row(const void *p, int dp, ptrdiff_t sp, const void *q, int dq,
-                                 ptrdiff_t sq, int64_t n, int64_t tok, int exact, qk_row *out)
+                                 ptrdiff_t sq, int64_t n, int64_t tok, int flags, qk_row *out)
 {
+    const int exact = flags & QK_EXACT;
     memset(out, 0, sizeof *out);
     norm np, nq;
     norm_init(&np);
@@ -706,24 +802,26 @@ QK_INLINE void logits_logits_row(const void *p, int dp, ptrdiff_t sp, const void
     /* llama mode: p~ and the terms use float32 parts of the two
      * log-sum-exps; what those parts leave out is put back in float64. */
     const float lsep_hi = (float)lse_p1, dlse_hi = (float)(lse_q - lse_p1);
+    const float lseq_hi = (float)lse_q;
     const logits_consts k = {vf_set1(np.max), vf_set1(nq.max), vf_set1(lsep_hi),
-                             vf_set1(dlse_hi), vf_set1(-16.0f), vf_set1(-INFINITY)};
+                             vf_set1(dlse_hi), vf_set1(-16.0f), vf_set1(-INFINITY),
+                             vf_set1(lseq_hi)};
     const vd z = vd_set1(0.0);
-    logits_sums s = {z, z, z, z, vf_set1(0.0f)};
+    logits_sums s = {z, z, z, z, vf_set1(0.0f), z, z};
     int64_t i = 0;
     for (; i + QK_SPAN <= n; i += QK_SPAN) {
         vf x[QK_G], y[QK_G];
         vmask valid[QK_G];
         load_logits_g(x, valid, p, dp, sp, i, n, 1);
         load_logits_g(y, valid, q, dq, sq, i, n, 1);
-        logits_step(&s, &k, exact, x, y, valid);
+        logits_step(&s, &k, flags, x, y, valid);
     }
     if (i < n) {
         vf x[QK_G], y[QK_G];
         vmask valid[QK_G];
         load_logits_g(x, valid, p, dp, sp, i, n, 0);
         load_logits_g(y, valid, q, dq, sq, i, n, 0);
-        logits_step(&s, &k, exact, x, y, valid);
+        logits_step(&s, &k, flags, x, y, valid);
     }
     const double lse_p = exact ? log(vd_hsum(widened_sum(s.e_lo, s.e_hi))) : lse_p1;
     if (isnan(lse_p)) {
@@ -738,6 +836,8 @@ QK_INLINE void logits_logits_row(const void *p, int dp, ptrdiff_t sp, const void
         out->kld = exp(-lsep_lo) *
                    (t + dlse_lo * vd_hsum(widened_sum(vf_lo_pd(s.p32), vf_hi_pd(s.p32))));
     }
+    if (flags & QK_REVERSE) /* q = e * exp(-(lse_q - lseq_hi)) */
+        out->rkl = exp(-(lse_q - lseq_hi)) * vd_hsum(widened_sum(s.r_lo, s.r_hi)) - lse_q + lse_p;
     const float y_tok = qk_logit_at(q, dq, sq, tok);
     out->nll_p = ((double)np.max + lse_p) - qk_logit_at(p, dp, sp, tok);
     out->nll_q = ((double)nq.max + lse_q) - y_tok;
@@ -745,17 +845,21 @@ QK_INLINE void logits_logits_row(const void *p, int dp, ptrdiff_t sp, const void
     qk_set_tops(out, &tp, &tq, exp(-lse_p));
 }
 
+#define QK_LL(DP, DQ, F) logits_logits_row(p, DP, 1, q, DQ, 1, n_vocab, tok, F, out)
 #define QK_LL_ROW(DP, DQ)                                                                      \
-    (exact ? logits_logits_row(p, DP, 1, q, DQ, 1, n_vocab, tok, 1, out)                       \
-           : logits_logits_row(p, DP, 1, q, DQ, 1, n_vocab, tok, 0, out))
+    switch (mode & (QK_EXACT | QK_REVERSE)) {                                                  \
+    case 0: QK_LL(DP, DQ, 0); break;                                                           \
+    case QK_EXACT: QK_LL(DP, DQ, QK_EXACT); break;                                             \
+    case QK_REVERSE: QK_LL(DP, DQ, QK_REVERSE); break;                                         \
+    default: QK_LL(DP, DQ, QK_EXACT | QK_REVERSE); break;                                      \
+    }
 
 void QK_NAME(qk_score_logits_logits)(const void *p, int p_dtype, ptrdiff_t p_stride, const void *q,
                                      int q_dtype, ptrdiff_t q_stride, int64_t n_vocab, int64_t tok,
                                      int mode, qk_row *out)
 {
-    const int exact = mode == QK_EXACT;
     if (p_stride != 1 || q_stride != 1) {
-        logits_logits_row(p, p_dtype, p_stride, q, q_dtype, q_stride, n_vocab, tok, exact, out);
+        logits_logits_row(p, p_dtype, p_stride, q, q_dtype, q_stride, n_vocab, tok, mode, out);
         return;
     }
     switch (p_dtype * 3 + q_dtype) {
@@ -770,6 +874,8 @@ void QK_NAME(qk_score_logits_logits)(const void *p, int p_dtype, ptrdiff_t p_str
     default: QK_LL_ROW(QK_BF16, QK_BF16); break;
     }
 }
+
+#undef QK_LL
 #undef QK_LL_ROW
 
 /* --- llama row x llama row -------------------------------------------------- */
@@ -787,11 +893,42 @@ typedef struct {
     vd l_lo, l_hi;   /* exact mode, base code 0 on Q's code > 0: lq */
     int64_t q_tail_n, p_tail_n, p_tail_on_q_tail;
     vf lp_max, lq_max; /* the block's largest decoded log p and log q */
+    /* reverse KL, over Q's code > 0 (e = exp(lq)): e * (lq - lp) where the base
+     * has a log p here (llama mode: always, code 0 decoding to its clip point;
+     * exact: code > 0), else e * lq and e (the base's tail log p comes at the
+     * end); over Q's code 0 where the base has a log p: lp (Q's tail comes at
+     * the end) */
+    vd r_lo, r_hi, a_lo, a_hi, b_lo, b_hi, l3_lo, l3_hi;
 } llama_llama_sums;
 
-QK_INLINE void llama_llama_step(llama_llama_sums *s, const llama_llama_consts *k, int exact,
+QK_INLINE void llama_llama_reverse(llama_llama_sums *s, int exact, const vf *cp, const vf *lp,
+                                   const vf *lq, const vmask *q_live, const vmask *valid,
+                                   vf zero)
+{
+    vf e[QK_G], r[QK_G], a[QK_G], b[QK_G], l3[QK_G];
+    for (int j = 0; j < QK_G; j++)
+        e[j] = lq[j];
+    vf_exp_n(e, QK_G);
+    for (int j = 0; j < QK_G; j++) {
+        const vmask has_lp = exact ? vm_and(valid[j], vf_gt(cp[j], zero)) : valid[j];
+        r[j] = vf_keep(vm_and(q_live[j], has_lp), e[j] * (lq[j] - lp[j]));
+        const vmask no_lp = vm_andnot(q_live[j], has_lp);
+        a[j] = vf_keep(no_lp, e[j] * lq[j]);
+        b[j] = vf_keep(no_lp, e[j]);
+        l3[j] = vf_keep(vm_andnot(has_lp, q_live[j]), lp[j]);
+    }
+    add_terms_g(&s->r_lo, &s->r_hi, r);
+    if (exact) {
+        add_terms_g(&s->a_lo, &s->a_hi, a);
+        add_terms_g(&s->b_lo, &s->b_hi, b);
+    }
+    add_each_g(&s->l3_lo, &s->l3_hi, l3); /* many values near the clip: each widened */
+}
+
+QK_INLINE void llama_llama_step(llama_llama_sums *s, const llama_llama_consts *k, int flags,
                                 const vf *cp, const vf *cq, const vmask *valid)
 {
+    const int exact = flags & QK_EXACT;
     vf lp[QK_G], lq[QK_G], eq[QK_G], d[QK_G], t[QK_G], pq[QK_G];
     vmask q_live[QK_G], keep[QK_G], big = vm_none();
     for (int j = 0; j < QK_G; j++) {
@@ -808,6 +945,8 @@ QK_INLINE void llama_llama_step(llama_llama_sums *s, const llama_llama_consts *k
     }
     s->lp_max = vf_max(max_g(lp), s->lp_max);
     s->lq_max = vf_max(max_g(lq), s->lq_max);
+    if (flags & QK_REVERSE)
+        llama_llama_reverse(s, exact, cp, lp, lq, q_live, valid, k->zero);
     if (exact) {
         for (int j = 0; j < QK_G; j++) {
             keep[j] = vm_and(valid[j], vf_gt(cp[j], k->zero));
@@ -868,9 +1007,45 @@ static inline double tail_error(double mass, double n, double min_log_prob)
     return log((left + QK_MASS_ERR) / (left - QK_MASS_ERR));
 }
 
-QK_INLINE void llama_llama_row(const uint16_t *p_row, const uint16_t *q_row, int64_t n, int64_t tok,
-                               int exact, qk_row *out)
+/* Q's code-0 entries where the base has a log p (n3 of them) and, in exact
+ * mode, where it is the base's tail too (n4). */
+QK_INLINE double reverse_n3(const llama_llama_sums *s, int exact)
 {
+    return (double)(s->q_tail_n - (exact ? s->p_tail_on_q_tail : 0));
+}
+
+/* KL(Q||P) from the sums and the two tails' log p (c_q, Q's; c_p, the base's
+ * in exact mode): Q's code 0 weighs exp(c_q) each. */
+QK_INLINE double reverse_kl(const llama_llama_sums *s, int exact, double c_q, double c_p)
+{
+    double r = vd_hsum(widened_sum(s->r_lo, s->r_hi));
+    const double l3 = vd_hsum(widened_sum(s->l3_lo, s->l3_hi));
+    if (s->q_tail_n > 0)
+        r += exp(c_q) * (reverse_n3(s, exact) * c_q - l3);
+    if (exact) {
+        r += vd_hsum(widened_sum(s->a_lo, s->a_hi)) - c_p * vd_hsum(widened_sum(s->b_lo, s->b_hi));
+        if (s->p_tail_on_q_tail > 0)
+            r += exp(c_q) * (double)s->p_tail_on_q_tail * (c_q - c_p);
+    }
+    return r;
+}
+
+/* How fast reverse_kl moves with c_q (for the tail's error bound). */
+QK_INLINE double reverse_tail_slope(const llama_llama_sums *s, int exact, double c_q, double c_p)
+{
+    if (s->q_tail_n == 0)
+        return 0.0;
+    const double n3 = reverse_n3(s, exact), l3 = vd_hsum(widened_sum(s->l3_lo, s->l3_hi));
+    double slope = exp(c_q) * (n3 * c_q - l3 + n3);
+    if (exact)
+        slope += exp(c_q) * (double)s->p_tail_on_q_tail * (c_q - c_p + 1.0);
+    return slope;
+}
+
+QK_INLINE void llama_llama_row(const uint16_t *p_row, const uint16_t *q_row, int64_t n, int64_t tok,
+                               int flags, qk_row *out)
+{
+    const int exact = flags & QK_EXACT;
     memset(out, 0, sizeof *out);
     qk_header hp, hq;
     if (!qk_read_header(p_row, &hp))
@@ -883,7 +1058,8 @@ QK_INLINE void llama_llama_row(const uint16_t *p_row, const uint16_t *q_row, int
                                   vf_set1(hq.min_log_prob), vf_set1(-16.0f), vf_set1(0.0f)};
     const vd z = vd_set1(0.0);
     const vf zf = vf_set1(0.0f);
-    llama_llama_sums s = {z, z, zf, zf, z, z, z, z, z, z, 0, 0, 0, zf, zf};
+    llama_llama_sums s = {z, z, zf, zf, z, z, z, z, z, z, 0, 0, 0, zf, zf,
+                          z, z, z, z, z, z, z, z};
     qk_topk tp = {0};
     qk_topk tq = {0}, bp = {0}, bq = {0};
     for (int64_t b = 0; b < n; b += QK_BLOCK) {
@@ -898,7 +1074,7 @@ QK_INLINE void llama_llama_row(const uint16_t *p_row, const uint16_t *q_row, int
             load_codes_g(cp, p_row, i, e, 1);
             load_codes_g(cq, q_row, i, e, 1);
             valid_g(valid, i, e, 1);
-            llama_llama_step(&s, &k, exact, cp, cq, valid);
+            llama_llama_step(&s, &k, flags, cp, cq, valid);
         }
         if (i < e) {
             vf cp[QK_G], cq[QK_G];
@@ -906,7 +1082,7 @@ QK_INLINE void llama_llama_row(const uint16_t *p_row, const uint16_t *q_row, int
             load_codes_g(cp, p_row, i, e, 0);
             load_codes_g(cq, q_row, i, e, 0);
             valid_g(valid, i, e, 0);
-            llama_llama_step(&s, &k, exact, cp, cq, valid);
+            llama_llama_step(&s, &k, flags, cp, cq, valid);
         }
         blocks_add(&bp, vf_hmax(s.lp_max), b);
         blocks_add(&bq, vf_hmax(s.lq_max), b);
@@ -941,7 +1117,10 @@ QK_INLINE void llama_llama_row(const uint16_t *p_row, const uint16_t *q_row, int
         const double err = tail_error(q_mass, q_n, mq);
         const double kld_guess = fabs(s_t - (c_q - mq) * s_pq);
         if (err * (s_pq + w_p) > 0.05 * (1e-7 + 1e-6 * kld_guess) ||
-            (cq_tok == 0 && err > 0.05 * (1e-7 + 1e-7 * fabs(c_q)))) {
+            (cq_tok == 0 && err > 0.05 * (1e-7 + 1e-7 * fabs(c_q))) ||
+            ((flags & QK_REVERSE) && err * fabs(reverse_tail_slope(&s, exact, c_q, c_p)) >
+                                         0.05 * (1e-7 + 1e-6 * fabs(reverse_kl(&s, exact, c_q,
+                                                                               c_p))))) {
             q_mass = mass64(q_row, &hq, n);
             c_q = qk_tail_log_prob(1.0 - q_mass, q_n, mq);
         }
@@ -951,6 +1130,8 @@ QK_INLINE void llama_llama_row(const uint16_t *p_row, const uint16_t *q_row, int
         kld += exp(c_p) * ((double)s.p_tail_n * c_p - vd_hsum(widened_sum(s.l_lo, s.l_hi))) -
                w_p * c_q;
     out->kld = kld;
+    if (flags & QK_REVERSE)
+        out->rkl = reverse_kl(&s, exact, c_q, c_p);
     out->nll_q = cq_tok ? -(double)qk_decode(&hq, cq_tok) : -c_q;
     out->nll_q_llama = (float)out->nll_q;
     /* llama mode: the base's NLL as llama.cpp decodes it, whatever Q is */
@@ -961,10 +1142,9 @@ QK_INLINE void llama_llama_row(const uint16_t *p_row, const uint16_t *q_row, int
 void QK_NAME(qk_score_llama_llama)(const uint16_t *p_row, const uint16_t *q_row, int64_t n_vocab,
                                    int64_t tok, int mode, qk_row *out)
 {
-    if (mode == QK_EXACT)
-        llama_llama_row(p_row, q_row, n_vocab, tok, 1, out);
-    else
-        llama_llama_row(p_row, q_row, n_vocab, tok, 0, out);
+#define QK_UU_ROW(F) llama_llama_row(p_row, q_row, n_vocab, tok, F, out)
+    QK_BY_FLAGS(QK_UU_ROW)
+#undef QK_UU_ROW
 }
 
 /* --- the encoder ------------------------------------------------------------- */

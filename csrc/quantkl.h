@@ -30,6 +30,9 @@ enum qk_dtype { QK_F32 = 0, QK_F16 = 1, QK_BF16 = 2 };
 /* QK_LLAMA: llama-perplexity's sum (base terms with log p <= -16 dropped).
  * QK_EXACT: the full sum; code 0 of a base dump is the clipped tail. */
 enum qk_mode { QK_LLAMA = 0, QK_EXACT = 1 };
+/* A flag or-ed into the mode: also compute the reverse KL(Q||P) (qk_row.rkl),
+ * at the cost of an exp per entry where the kernel has none to share. */
+#define QK_REVERSE 2
 
 /* Bits of qk_row.status. */
 enum qk_status {
@@ -57,6 +60,9 @@ typedef struct {
     int32_t rank;  /* rank of top_p in Q (0 = same top), QK_TOPK_MAX if not in Q's top 10 */
     int32_t status;
     double p_top;  /* P's largest probability, the top-1 token's */
+    double rkl;    /* KL(Q||P) in nats with QK_REVERSE (else 0): the full sum in both modes;
+                      a dump's log p is as decoded in llama mode (code 0: its clip point),
+                      the clipped tail's for code 0 in exact mode (always, for Q) */
     uint8_t overlap[QK_TOPK_MAX]; /* overlap[k - 1] = |top_k(P) ∩ top_k(Q)|, k = 1 .. 10 (ties
                                      in index order, as the tops) */
 } qk_row;

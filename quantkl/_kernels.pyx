@@ -22,7 +22,9 @@ cdef extern from "quantkl.h" nogil:
         int32_t status
         double p_top
         uint8_t overlap[10]
+        double rkl
     int QK_TOPK_MAX
+    int QK_REVERSE
     void qk_score_llama_logits(const uint16_t *p_row, const void *q, int q_dtype,
                                Py_ssize_t q_stride, int64_t n_vocab, int64_t tok, int mode,
                                qk_row *out)
@@ -49,6 +51,7 @@ cdef extern from "dispatch.h" nogil:
     const char *qk_current_path()
 
 TOPK_MAX = QK_TOPK_MAX
+REVERSE = QK_REVERSE
 
 # A dump truncated by another process while it is read ends the row with a
 # status (QK_READ_FAULT) instead of killing the process with SIGBUS: each
@@ -67,6 +70,7 @@ ctypedef fused other_t:
 cdef class RowScores:
     """Per-row outputs of one kernel call, as numpy arrays of length n_rows."""
     cdef public object kld, nll_p, nll_q, nll_q_llama, top_p, top_q, rank, status, p_top, overlap
+    cdef public object rkl
 
     def __init__(self, Py_ssize_t n):
         self.kld = np.empty(n, np.float64)
@@ -79,6 +83,7 @@ cdef class RowScores:
         self.status = np.empty(n, np.int32)
         self.p_top = np.empty(n, np.float64)
         self.overlap = np.empty((n, QK_TOPK_MAX), np.uint8)
+        self.rkl = np.empty(n, np.float64)
 
 
 # prange makes variables assigned in its body thread-private, but not a struct
@@ -95,6 +100,7 @@ cdef struct Outputs:
     int32_t *status
     double *p_top
     uint8_t *overlap
+    double *rkl
 
 
 cdef Outputs outputs_of(RowScores s):
@@ -104,7 +110,8 @@ cdef Outputs outputs_of(RowScores s):
     cdef int32_t[::1] rank = s.rank, status = s.status
     cdef double[::1] p_top = s.p_top
     cdef uint8_t[:, ::1] overlap = s.overlap
-    cdef Outputs o = Outputs(NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL)
+    cdef double[::1] rkl = s.rkl
+    cdef Outputs o = Outputs(NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL)
     if kld.shape[0] == 0:
         return o
     o.kld = &kld[0]
@@ -117,6 +124,7 @@ cdef Outputs outputs_of(RowScores s):
     o.status = &status[0]
     o.p_top = &p_top[0]
     o.overlap = &overlap[0, 0]
+    o.rkl = &rkl[0]
     return o
 
 
@@ -131,6 +139,7 @@ cdef inline void store(const qk_row *r, Outputs o, Py_ssize_t i) noexcept nogil:
     o.status[i] = r.status
     o.p_top[i] = r.p_top
     memcpy(&o.overlap[i * QK_TOPK_MAX], r.overlap, QK_TOPK_MAX)
+    o.rkl[i] = r.rkl
 
 
 cdef void row_llama_logits(const uint16_t *p, const void *q, int q_dtype, Py_ssize_t q_stride,

@@ -163,6 +163,7 @@ def score_one(args, dump, model_path: str, record_path: Optional[str], save: Opt
         on_chunk.planned = chunks[1] - chunks[0]
         try:
             result = score_model(dump, model_path, mode=mode_of(args), topk=args.topk, save=save,
+                                 reverse=args.reverse_kl,
                                  chunks=chunks, stop=stop_rule(args), on_chunk=on_chunk,
                                  runner=runner, info=info)
         finally:
@@ -279,6 +280,7 @@ def cmd_compare(args) -> int:
         on_chunk.planned = chunks[1] - chunks[0]
         try:
             result = compare_dumps(base, other, mode=mode_of(args), topk=args.topk,
+                                   reverse=args.reverse_kl,
                                    threads=args.threads, chunks=chunks, stop=stop_rule(args),
                                    on_chunk=on_chunk, info=info)
         finally:
@@ -516,6 +518,9 @@ def build_parser() -> argparse.ArgumentParser:
     scoring.add_argument("--exact", action="store_true",
                          help="exact KL sum (no -16 cut; a dump's code 0 is its clipped tail) "
                               "instead of llama-perplexity's")
+    scoring.add_argument("--reverse-kl", action="store_true",
+                         help="also the reverse KL, KL(quant || base), per token (costs an exp "
+                              "per entry: 15-35 %% of the kernel rate)")
     scoring.add_argument("--json", metavar="OUT.json", help="write a JSON record (+ OUT.npz)")
     scoring.add_argument("-f", "--force", action="store_true",
                          help="overwrite the --json record (and score's --save dump)")

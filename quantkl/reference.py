@@ -142,6 +142,18 @@ def score_rows(base, other, tokens, mode: str = "llama") -> Dict[str, np.ndarray
         p_top = np.exp(lp[rows, top_p])
     with np.errstate(invalid="ignore"):
         terms = np.where(kept & q_finite, p * (lp - lq), 0.0)
+    # reverse KL, the full sum: the base's log p as the mode reads it (a
+    # dump's decoded value in llama mode, code 0 its clip point; its tail in
+    # exact mode), Q's where q > 0 (a dump's code 0: its tail)
+    if isinstance(base, LlamaRows):
+        lp_rev = decode_llama(base)[1] if mode == "llama" else lp
+    else:
+        lp_rev = lp
+    q = np.exp(lq)
+    with np.errstate(invalid="ignore"):
+        rterms = np.where(q_finite, q * (lq - lp_rev), 0.0)
+    rkl = rterms.sum(axis=1)
+    rkl[np.any(q_finite & (lp_rev == -np.inf), axis=1)] = np.inf
     kld = terms.sum(axis=1)
     kld[np.any(kept & ~q_finite, axis=1)] = np.inf
     # the cut drops KLD terms only, never the token's NLL
@@ -155,6 +167,7 @@ def score_rows(base, other, tokens, mode: str = "llama") -> Dict[str, np.ndarray
         "top_q": np.argmax(q_rank_values, axis=1),
         "rank": rank_of(q_rank_values, top_p),
         "p_top": p_top,
+        "rkl": rkl,
         "overlap": topk_overlap(p_rank_values, q_rank_values),
     }
 

@@ -90,15 +90,16 @@ def _check_mode(mode: str) -> int:
 
 def score_rows(base: Distributions, other: Distributions, tokens: object, *,
                mode: str = "llama", threads: Optional[int] = None, first_row: int = 0,
-               chunk: Optional[int] = None) -> "_kernels.RowScores":
-    """Per-row kernel outputs (kld, nll_p, nll_q, top_p, top_q, rank) for one block.
+               chunk: Optional[int] = None, reverse: bool = False) -> "_kernels.RowScores":
+    """Per-row kernel outputs (kld, nll_p, nll_q, top_p, top_q, rank, p_top,
+    overlap, and with ``reverse`` rkl, KL(other || base)) for one block.
 
     ``base`` is float logits (rows, vocab) or :class:`LlamaRows`; ``other`` is
     float logits or :class:`LlamaRows`. Raises ValueError/TypeError on bad
     input; a bad row is named by its index from ``first_row`` and, when the
     block is a dump's chunk, by ``chunk`` too.
     """
-    mode_code = _check_mode(mode)
+    mode_code = _check_mode(mode) | (_kernels.REVERSE if reverse else 0)
     nthreads = thread_count(threads)
     if not isinstance(base, LlamaRows):
         base_view, base_dtype = logits_view(base, "base")
@@ -150,9 +151,10 @@ class Scorer:
     """
 
     def __init__(self, *, mode: str = "llama", topk: Sequence[int] = (1, 5, 10),
-                 threads: Optional[int] = None):
+                 threads: Optional[int] = None, reverse: bool = False):
         _check_mode(mode)
         self.mode = mode
+        self.reverse = bool(reverse)
         self.topk = check_topk(topk)
         self.threads = thread_count(threads)
         self._blocks: list = []
@@ -163,13 +165,14 @@ class Scorer:
         returns that block's own result."""
         first_row = sum(b.count for b in self._blocks)
         rows = score_rows(base, other, tokens, mode=self.mode, threads=self.threads,
-                          first_row=first_row, chunk=chunk)
+                          first_row=first_row, chunk=chunk, reverse=self.reverse)
         # llama mode prints PPL from the NLLs llama-perplexity stores (float32,
         # rounded step by step); the exact ones differ by its rounding noise.
         nll = rows.nll_q_llama if self.mode == "llama" else rows.nll_q
         block = KLDResult(rows.kld, nll, rows.nll_p, rows.rank, self.mode, self.topk,
                           top_base=rows.top_p, top_other=rows.top_q, p_top=rows.p_top,
-                          overlap=rows.overlap, token=np.asarray(tokens, np.int64))
+                          overlap=rows.overlap, token=np.asarray(tokens, np.int64),
+                          rkl=rows.rkl if self.reverse else None)
         self._blocks.append(block)
         return block
 
@@ -179,7 +182,8 @@ class Scorer:
             return KLDResult(np.empty(0), np.empty(0), np.empty(0), np.empty(0, np.int8),
                              self.mode, self.topk, [], p_top=np.empty(0),
                              overlap=np.empty((0, TOPK_MAX), np.uint8),
-                             token=np.empty(0, np.int64))
+                             token=np.empty(0, np.int64),
+                             rkl=np.empty(0) if self.reverse else None)
         total = self._blocks[0]
         for b in self._blocks[1:]:
             total = total + b
@@ -188,7 +192,8 @@ class Scorer:
 
 
 def score(base: Distributions, other: Distributions, tokens: object, *, mode: str = "llama",
-          topk: Sequence[int] = (1, 5, 10), threads: Optional[int] = None) -> KLDResult:
+          topk: Sequence[int] = (1, 5, 10), threads: Optional[int] = None,
+          reverse: bool = False) -> KLDResult:
     """KL(base || other) and llama-perplexity's statistics over a block of rows.
 
     base, other: logits (rows, vocab) as float32/float16/bfloat16, or
@@ -199,8 +204,9 @@ def score(base: Distributions, other: Distributions, tokens: object, *, mode: st
         dropped); "exact" sums every term (a dump's code 0 is its clipped tail).
     topk: the k (1..10) for which top-k agreement is reported.
     threads: rows are scored in parallel; default all available cores.
+    reverse: also KL(other || base) per token (``rkl``; an exp per entry more).
     """
-    s = Scorer(mode=mode, topk=topk, threads=threads)
+    s = Scorer(mode=mode, topk=topk, threads=threads, reverse=reverse)
     s.update(base, other, tokens)
     return s.result()
 

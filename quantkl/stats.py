@@ -113,10 +113,10 @@ class KLDResult:
     ``rank`` (rank of the base's top token among the other model's
     predictions, 0 = same top, 10 = not in its top 10), ``top_base`` and
     ``top_other`` (each model's most likely token), and where the kernels gave
-    them (records before quantkl 0.1.0's issue-12 work lack them: None):
-    ``p_top`` (the base's top-1 probability), ``overlap`` ((tokens, 10):
-    column k - 1 counts the base's top k among the other model's top k) and
-    ``token`` (the scored token's id).
+    them (older records lack them: None): ``p_top`` (the base's top-1
+    probability), ``overlap`` ((tokens, 10): column k - 1 counts the base's
+    top k among the other model's top k), ``token`` (the scored token's id)
+    and, when asked for, ``rkl`` (the reverse KL, KL(other || base)).
     """
 
     def __init__(self, kld: np.ndarray, nll: np.ndarray, nll_base: np.ndarray,
@@ -124,7 +124,7 @@ class KLDResult:
                  chunk_ends: Optional[Iterable[int]] = None,
                  top_base: Optional[np.ndarray] = None, top_other: Optional[np.ndarray] = None,
                  p_top: Optional[np.ndarray] = None, overlap: Optional[np.ndarray] = None,
-                 token: Optional[np.ndarray] = None):
+                 token: Optional[np.ndarray] = None, rkl: Optional[np.ndarray] = None):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         n = len(kld)
@@ -142,7 +142,8 @@ class KLDResult:
         self.p_top = None if p_top is None else np.asarray(p_top, np.float64)
         self.overlap = None if overlap is None else np.asarray(overlap, np.uint8)
         self.token = None if token is None else np.asarray(token, np.int64)
-        for name in ("p_top", "overlap", "token"):
+        self.rkl = None if rkl is None else np.asarray(rkl, np.float64)
+        for name in ("p_top", "overlap", "token", "rkl"):
             a = getattr(self, name)
             if a is not None and len(a) != n:
                 raise ValueError(f"{name} must have one entry per token")
@@ -179,7 +180,7 @@ class KLDResult:
                          sorted(set(self.topk) | set(other.topk)), ends,
                          np.concatenate([self.top_base, other.top_base]),
                          np.concatenate([self.top_other, other.top_other]),
-                         joined("p_top"), joined("overlap"), joined("token"))
+                         joined("p_top"), joined("overlap"), joined("token"), joined("rkl"))
 
     def subset(self, mask: np.ndarray) -> "KLDResult":
         """The tokens where mask is true, as one chunk (statistics over a
@@ -191,7 +192,7 @@ class KLDResult:
         return KLDResult(self.kld[mask], self.nll[mask], self.nll_base[mask], self.rank[mask],
                          self.mode, self.topk, [int(mask.sum())], self.top_base[mask],
                          self.top_other[mask], pick(self.p_top), pick(self.overlap),
-                         pick(self.token))
+                         pick(self.token), pick(self.rkl))
 
     @property
     def count(self) -> int:
@@ -281,6 +282,9 @@ class KLDResult:
                 out.update(_spread(f"top{k}_overlap", self.topk_overlap(k)))
         if self.p_top is not None and self.count:
             out.update(_spread("p_top", self.p_top))
+        if self.rkl is not None and self.count:
+            with np.errstate(invalid="ignore", over="ignore"):
+                out.update(_spread("rkl", self.rkl))
         return out
 
     def topk_overlap(self, k: int) -> np.ndarray:
@@ -326,7 +330,7 @@ class KLDResult:
 
     def __getattr__(self, name: str) -> float:
         if name.startswith("_") or name in ("kld", "nll", "nll_base", "dp", "rank", "top_base",
-                                            "top_other", "p_top", "overlap", "token"):
+                                            "top_other", "p_top", "overlap", "token", "rkl"):
             raise AttributeError(name)
         stats = self.statistics()
         if name in stats:
@@ -388,9 +392,12 @@ class KLDResult:
         if self.count < 100 or self.p_top is None or self.overlap is None:
             return ""
         s = self.statistics()
-        L = ["====== Beyond llama-perplexity ======",
-             "Base top-1 p  : %6.3f ± %5.3f %%" % (100 * s["p_top_mean"],
-                                                  100 * s["p_top_mean_unc"])]
+        L = ["====== Beyond llama-perplexity ======"]
+        if self.rkl is not None:
+            L.append("Mean reverse KLD, KL(Q||base): %10.6f ± %10.6f" % (s["rkl_mean"],
+                                                                      s["rkl_mean_unc"]))
+        L.append("Base top-1 p  : %6.3f ± %5.3f %%" % (100 * s["p_top_mean"],
+                                                      100 * s["p_top_mean_unc"]))
         L += ["Top-%-2d overlap: %6.3f ± %5.3f %%" % (k, 100 * s[f"top{k}_overlap_mean"],
                                                     100 * s[f"top{k}_overlap_mean_unc"])
               for k in self.topk]

@@ -141,3 +141,30 @@ def test_results_add_and_subset_keep_the_arrays(rng):
     np.testing.assert_array_equal(sub.overlap, whole.overlap[::3])
     assert sub.count == 50 and sub.top10_overlap_mean == pytest.approx(
         whole.overlap[::3, 9].mean() / 10)
+
+
+def test_reverse_kl_on_real_dumps(records, quants, tmp_path, capsys):
+    from quantkl import reference
+    from quantkl.dumpfile import LogitDump
+    d, _ = records
+    base = d / "base.kld"
+    assert main(["score", str(base), "-m", quants["Q4_0"], "--reverse-kl", "-q", "--save",
+                 str(tmp_path / "q.kld"), "--json", str(tmp_path / "s.json")]) == 0
+    out = capsys.readouterr().out
+    res = load_result(str(tmp_path / "s.json"))
+    assert f"Mean reverse KLD, KL(Q||base): {res.rkl.mean():10.6f}" in out
+    assert json.loads((tmp_path / "s.json").read_text())["statistics"]["rkl_mean"] == \
+        pytest.approx(res.rkl.mean(), rel=1e-12)
+    for mode in ("llama", "exact"):
+        flag = ["--exact"] if mode == "exact" else []
+        assert main(["compare", str(base), str(tmp_path / "q.kld"), "--reverse-kl", "-q",
+                     "--json", str(tmp_path / f"c-{mode}.json"), *flag]) == 0
+        got = load_result(str(tmp_path / f"c-{mode}.json")).rkl
+        b, q = LogitDump(str(base)), LogitDump(str(tmp_path / "q.kld"))
+        want = np.concatenate([reference.score_rows(cb.rows, cq.rows, cb.tokens, mode)["rkl"]
+                               for cb, cq in zip(b.chunks(), q.chunks())])
+        assert np.all(np.abs(got - want) <= 1e-7 + 1e-6 * np.abs(want))
+        assert np.all(want > 0)
+    capsys.readouterr()
+    plain = load_result(str(records[1][0]))
+    assert plain.rkl is None and "reverse" not in plain.format()

@@ -51,9 +51,14 @@ def as_dtype(x, dtype):
     return x.astype(ml_dtypes.bfloat16 if dtype == "bfloat16" else dtype)
 
 
+def score(*args, **kw):
+    """The kernels with the reverse KL asked for (check compares it too)."""
+    return quantkl.score_rows(*args, reverse=True, **kw)
+
+
 def check(rows, ref):
     """The accuracy contract, row by row, with the worst row in the message."""
-    for name, rel in (("kld", 1e-6), ("nll_p", 1e-7), ("nll_q", 1e-7)):
+    for name, rel in (("kld", 1e-6), ("rkl", 1e-6), ("nll_p", 1e-7), ("nll_q", 1e-7)):
         got, want = getattr(rows, name), ref[name]
         assert np.array_equal(np.isfinite(got), np.isfinite(want)), (name, got, want)
         np.testing.assert_array_equal(got[~np.isfinite(want)], want[~np.isfinite(want)])
@@ -81,7 +86,7 @@ def test_logits_logits_float32(kernel_path, rng, v, kind, mode):
     y = perturb(rng, x, kind)
     x32, y32 = x.astype(np.float32), y.astype(np.float32)
     tok = rng.integers(0, v, n)
-    check(quantkl.score_rows(x32, y32, tok, mode=mode), reference.score_rows(x32, y32, tok, mode))
+    check(score(x32, y32, tok, mode=mode), reference.score_rows(x32, y32, tok, mode))
 
 
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
@@ -93,10 +98,10 @@ def test_logits_logits_half_types(kernel_path, rng, v, mode, dtype):
     y = perturb(rng, x, "peaked")
     xh, yh = as_dtype(x, dtype), as_dtype(y, dtype)
     tok = rng.integers(0, v, n)
-    check(quantkl.score_rows(xh, yh, tok, mode=mode), reference.score_rows(xh, yh, tok, mode))
+    check(score(xh, yh, tok, mode=mode), reference.score_rows(xh, yh, tok, mode))
     # mixed: half-precision base against a float32 quant
     y32 = y.astype(np.float32)
-    check(quantkl.score_rows(xh, y32, tok, mode=mode), reference.score_rows(xh, y32, tok, mode))
+    check(score(xh, y32, tok, mode=mode), reference.score_rows(xh, y32, tok, mode))
 
 
 @pytest.mark.parametrize("mode", ["llama", "exact"])
@@ -108,7 +113,7 @@ def test_llama_logits(kernel_path, rng, v, kind, mode):
     y = perturb(rng, x, kind).astype(np.float32)
     tok = rng.integers(0, v, n)
     base, _ = quantkl.encode_llama_rows(x, tok)
-    check(quantkl.score_rows(base, y, tok, mode=mode), reference.score_rows(base, y, tok, mode))
+    check(score(base, y, tok, mode=mode), reference.score_rows(base, y, tok, mode))
 
 
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
@@ -119,7 +124,7 @@ def test_llama_logits_half_types(kernel_path, rng, dtype):
     tok = rng.integers(0, v, n)
     base, _ = quantkl.encode_llama_rows(x, tok)
     for mode in ("llama", "exact"):
-        check(quantkl.score_rows(base, y, tok, mode=mode), reference.score_rows(base, y, tok, mode))
+        check(score(base, y, tok, mode=mode), reference.score_rows(base, y, tok, mode))
 
 
 @pytest.mark.parametrize("mode", ["llama", "exact"])
@@ -132,7 +137,7 @@ def test_llama_llama(kernel_path, rng, v, kind, mode):
     tok = rng.integers(0, v, n)
     base, _ = quantkl.encode_llama_rows(x, tok)
     other, _ = quantkl.encode_llama_rows(y, tok)
-    check(quantkl.score_rows(base, other, tok, mode=mode),
+    check(score(base, other, tok, mode=mode),
           reference.score_rows(base, other, tok, mode))
 
 
@@ -149,9 +154,9 @@ def test_clipped_tail_token_nlls(kernel_path, rng):
     tok = np.argmax(both_zero, axis=1)
     assert both_zero[np.arange(n), tok].all()
     for mode in ("llama", "exact"):
-        check(quantkl.score_rows(base, other, tok, mode=mode),
+        check(score(base, other, tok, mode=mode),
               reference.score_rows(base, other, tok, mode))
-        check(quantkl.score_rows(base, y, tok, mode=mode),
+        check(score(base, y, tok, mode=mode),
               reference.score_rows(base, y, tok, mode))
 
 
@@ -209,10 +214,10 @@ def test_strided_and_misaligned_inputs(kernel_path, rng, kind):
         return m
 
     for mode in ("llama", "exact"):
-        check(quantkl.score_rows(transform(x), transform(y), tok, mode=mode),
+        check(score(transform(x), transform(y), tok, mode=mode),
               reference.score_rows(x, y, tok, mode))
         base, _ = quantkl.encode_llama_rows(x, tok)
-        check(quantkl.score_rows(base, transform(y), tok, mode=mode),
+        check(score(base, transform(y), tok, mode=mode),
               reference.score_rows(base, y, tok, mode))
     enc, _ = quantkl.encode_llama_rows(x, tok)
     enc_t, _ = quantkl.encode_llama_rows(transform(x), tok)
@@ -320,9 +325,9 @@ def test_leading_blocks_fully_masked(kernel_path, rng, side):
         x[:, :2500] = -np.inf  # the quant may only mask what the base masks
     tok = np.full(n, 4000)
     for mode in ("llama", "exact"):
-        check(quantkl.score_rows(x, y, tok, mode=mode), reference.score_rows(x, y, tok, mode))
+        check(score(x, y, tok, mode=mode), reference.score_rows(x, y, tok, mode))
         base, _ = quantkl.encode_llama_rows(x, tok)
-        check(quantkl.score_rows(base, y, tok, mode=mode),
+        check(score(base, y, tok, mode=mode),
               reference.score_rows(base, y, tok, mode))
 
 
@@ -333,3 +338,18 @@ def test_every_compiled_path_is_listed():
     assert names[-1] == "portable"
     if platform.machine().lower() in ("x86_64", "amd64"):
         assert names == ["avx512", "avx2", "portable"]
+
+
+def test_reverse_kl_changes_nothing_else(kernel_path, rng):
+    x = make_logits(rng, 5, 30001, "wide").astype(np.float32)
+    y = perturb(rng, x, "wide").astype(np.float32)
+    tok = rng.integers(0, 30001, 5)
+    base, _ = quantkl.encode_llama_rows(x, tok)
+    other, _ = quantkl.encode_llama_rows(y, tok)
+    for b, o in ((x, y), (base, y), (base, other)):
+        for mode in ("llama", "exact"):
+            plain = quantkl.score_rows(b, o, tok, mode=mode)
+            both = quantkl.score_rows(b, o, tok, mode=mode, reverse=True)
+            for f in ("kld", "nll_p", "nll_q", "top_p", "top_q", "rank", "p_top", "overlap"):
+                np.testing.assert_array_equal(getattr(plain, f), getattr(both, f))
+            assert np.all(plain.rkl == 0) and np.all(both.rkl > 0)
