@@ -25,7 +25,7 @@ from typing import Callable, Dict, List, Optional
 import numpy as np
 
 from . import _kernels, reference
-from .arrays import LlamaRows, threads_for, thread_count
+from .arrays import threads_for, thread_count
 from .encoding import encode_llama_rows
 from .scoring import current_kernel, kernel_paths, score_rows
 
