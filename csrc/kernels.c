@@ -670,14 +670,30 @@ QK_INLINE void llama_logits_row(const uint16_t *p_row, const void *q, int dt, pt
     qk_set_tops(out, &tp, &tq, exp((double)tp.val[0]));
 }
 
-/* Each flag combination (exact, reverse) its own copy, the flags folded in. */
+/* Each flag combination (exact, reverse) its own copy, the flags folded in:
+ * a run-time reverse test per step cost 7-17 % of the plain rates. The
+ * sanitizer build (.ci/sanitizers) defines QK_FEW_COPIES: one copy per mode,
+ * the reverse flag tested at run time, for the same code instrumented four
+ * ways over takes cc1 past 25 minutes. */
+#ifdef QK_FEW_COPIES
 #define QK_BY_FLAGS(CALL)                                                                      \
-    switch (mode & (QK_EXACT | QK_REVERSE)) {                                                  \
-    case 0: CALL(0); break;                                                                    \
-    case QK_EXACT: CALL(QK_EXACT); break;                                                      \
-    case QK_REVERSE: CALL(QK_REVERSE); break;                                                  \
-    default: CALL(QK_EXACT | QK_REVERSE); break;                                               \
-    }
+    do {                                                                                       \
+        if (mode & QK_EXACT)                                                                   \
+            CALL(QK_EXACT | (mode & QK_REVERSE));                                              \
+        else                                                                                   \
+            CALL(mode & QK_REVERSE);                                                           \
+    } while (0)
+#else
+#define QK_BY_FLAGS(CALL)                                                                      \
+    do {                                                                                       \
+        switch (mode & (QK_EXACT | QK_REVERSE)) {                                              \
+        case 0: CALL(0); break;                                                                \
+        case QK_EXACT: CALL(QK_EXACT); break;                                                  \
+        case QK_REVERSE: CALL(QK_REVERSE); break;                                              \
+        default: CALL(QK_EXACT | QK_REVERSE); break;                                           \
+        }                                                                                      \
+    } while (0)
+#endif
 
 void QK_NAME(qk_score_llama_logits)(const uint16_t *p_row, const void *q, int q_dtype,
                                     ptrdiff_t q_stride, int64_t n_vocab, int64_t tok, int mode,
@@ -690,11 +706,11 @@ void QK_NAME(qk_score_llama_logits)(const uint16_t *p_row, const void *q, int q_
     if (q_stride != 1)
         llama_logits_row(p_row, q, q_dtype, q_stride, n_vocab, tok, mode, out);
     else if (q_dtype == QK_F32)
-        QK_BY_FLAGS(QK_F32_ROW)
+        QK_BY_FLAGS(QK_F32_ROW);
     else if (q_dtype == QK_F16)
-        QK_BY_FLAGS(QK_F16_ROW)
+        QK_BY_FLAGS(QK_F16_ROW);
     else
-        QK_BY_FLAGS(QK_BF16_ROW)
+        QK_BY_FLAGS(QK_BF16_ROW);
 #undef QK_LQ
 #undef QK_F32_ROW
 #undef QK_F16_ROW
@@ -846,13 +862,15 @@ QK_INLINE void logits_logits_row(const void *p, int dp, ptrdiff_t sp, const void
 }
 
 #define QK_LL(DP, DQ, F) logits_logits_row(p, DP, 1, q, DQ, 1, n_vocab, tok, F, out)
-#define QK_LL_ROW(DP, DQ)                                                                      \
-    switch (mode & (QK_EXACT | QK_REVERSE)) {                                                  \
-    case 0: QK_LL(DP, DQ, 0); break;                                                           \
-    case QK_EXACT: QK_LL(DP, DQ, QK_EXACT); break;                                             \
-    case QK_REVERSE: QK_LL(DP, DQ, QK_REVERSE); break;                                         \
-    default: QK_LL(DP, DQ, QK_EXACT | QK_REVERSE); break;                                      \
-    }
+#define QK_LL_F32_F32(F) QK_LL(QK_F32, QK_F32, F)
+#define QK_LL_F32_F16(F) QK_LL(QK_F32, QK_F16, F)
+#define QK_LL_F32_BF16(F) QK_LL(QK_F32, QK_BF16, F)
+#define QK_LL_F16_F32(F) QK_LL(QK_F16, QK_F32, F)
+#define QK_LL_F16_F16(F) QK_LL(QK_F16, QK_F16, F)
+#define QK_LL_F16_BF16(F) QK_LL(QK_F16, QK_BF16, F)
+#define QK_LL_BF16_F32(F) QK_LL(QK_BF16, QK_F32, F)
+#define QK_LL_BF16_F16(F) QK_LL(QK_BF16, QK_F16, F)
+#define QK_LL_BF16_BF16(F) QK_LL(QK_BF16, QK_BF16, F)
 
 void QK_NAME(qk_score_logits_logits)(const void *p, int p_dtype, ptrdiff_t p_stride, const void *q,
                                      int q_dtype, ptrdiff_t q_stride, int64_t n_vocab, int64_t tok,
@@ -863,20 +881,19 @@ void QK_NAME(qk_score_logits_logits)(const void *p, int p_dtype, ptrdiff_t p_str
         return;
     }
     switch (p_dtype * 3 + q_dtype) {
-    case QK_F32 * 3 + QK_F32: QK_LL_ROW(QK_F32, QK_F32); break;
-    case QK_F32 * 3 + QK_F16: QK_LL_ROW(QK_F32, QK_F16); break;
-    case QK_F32 * 3 + QK_BF16: QK_LL_ROW(QK_F32, QK_BF16); break;
-    case QK_F16 * 3 + QK_F32: QK_LL_ROW(QK_F16, QK_F32); break;
-    case QK_F16 * 3 + QK_F16: QK_LL_ROW(QK_F16, QK_F16); break;
-    case QK_F16 * 3 + QK_BF16: QK_LL_ROW(QK_F16, QK_BF16); break;
-    case QK_BF16 * 3 + QK_F32: QK_LL_ROW(QK_BF16, QK_F32); break;
-    case QK_BF16 * 3 + QK_F16: QK_LL_ROW(QK_BF16, QK_F16); break;
-    default: QK_LL_ROW(QK_BF16, QK_BF16); break;
+    case QK_F32 * 3 + QK_F32: QK_BY_FLAGS(QK_LL_F32_F32); break;
+    case QK_F32 * 3 + QK_F16: QK_BY_FLAGS(QK_LL_F32_F16); break;
+    case QK_F32 * 3 + QK_BF16: QK_BY_FLAGS(QK_LL_F32_BF16); break;
+    case QK_F16 * 3 + QK_F32: QK_BY_FLAGS(QK_LL_F16_F32); break;
+    case QK_F16 * 3 + QK_F16: QK_BY_FLAGS(QK_LL_F16_F16); break;
+    case QK_F16 * 3 + QK_BF16: QK_BY_FLAGS(QK_LL_F16_BF16); break;
+    case QK_BF16 * 3 + QK_F32: QK_BY_FLAGS(QK_LL_BF16_F32); break;
+    case QK_BF16 * 3 + QK_F16: QK_BY_FLAGS(QK_LL_BF16_F16); break;
+    default: QK_BY_FLAGS(QK_LL_BF16_BF16); break;
     }
 }
 
 #undef QK_LL
-#undef QK_LL_ROW
 
 /* --- llama row x llama row -------------------------------------------------- */
 
@@ -1143,7 +1160,7 @@ void QK_NAME(qk_score_llama_llama)(const uint16_t *p_row, const uint16_t *q_row,
                                    int64_t tok, int mode, qk_row *out)
 {
 #define QK_UU_ROW(F) llama_llama_row(p_row, q_row, n_vocab, tok, F, out)
-    QK_BY_FLAGS(QK_UU_ROW)
+    QK_BY_FLAGS(QK_UU_ROW);
 #undef QK_UU_ROW
 }
 
