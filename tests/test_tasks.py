@@ -65,6 +65,15 @@ def test_hellaswag_matches_llama_perplexity(lp, smollm2, quants, which, n_tasks,
         assert o.choice == max(range(4), key=lambda s: (o.scores[s], -s))
 
 
+def discordant(path_a, path_b):
+    """Tasks only A got right and tasks only B got right, counted from the records."""
+    _, a = read_task_record(str(path_a))
+    _, b = read_task_record(str(path_b))
+    pairs = list(zip(a.outcomes, b.outcomes))
+    return (sum(x.correct and not y.correct for x, y in pairs),
+            sum(y.correct and not x.correct for x, y in pairs))
+
+
 def test_paired_test_on_two_quants(quants, tmp_path, capsys):
     for q in ("Q4_0", "Q8_0"):
         assert main(["tasks", quants[q], "--hellaswag", str(HELLASWAG), "-q", "--json",
@@ -72,10 +81,7 @@ def test_paired_test_on_two_quants(quants, tmp_path, capsys):
     capsys.readouterr()
     assert main(["diff", str(tmp_path / "Q4_0.json"), str(tmp_path / "Q8_0.json")]) == 0
     out = capsys.readouterr().out
-    _, a = read_task_record(str(tmp_path / "Q4_0.json"))
-    _, b = read_task_record(str(tmp_path / "Q8_0.json"))
-    a_only = sum(x.correct and not y.correct for x, y in zip(a.outcomes, b.outcomes))
-    b_only = sum(y.correct and not x.correct for x, y in zip(a.outcomes, b.outcomes))
+    a_only, b_only = discordant(tmp_path / "Q4_0.json", tmp_path / "Q8_0.json")
     assert f"{a_only} only A right, {b_only} only B right" in out
     assert f"McNemar exact p = {mcnemar_exact(a_only, b_only):.4g}" in out
 
@@ -258,10 +264,7 @@ def test_paired_winogrande_on_two_quants(task_records, capsys):
     capsys.readouterr()
     assert main(["diff", str(d / "wg-Q4_0.json"), str(d / "wg-Q8_0.json")]) == 0
     out = capsys.readouterr().out
-    _, a = read_task_record(str(d / "wg-Q4_0.json"))
-    _, b = read_task_record(str(d / "wg-Q8_0.json"))
-    a_only = sum(x.correct and not y.correct for x, y in zip(a.outcomes, b.outcomes))
-    b_only = sum(y.correct and not x.correct for x, y in zip(a.outcomes, b.outcomes))
+    a_only, b_only = discordant(d / "wg-Q4_0.json", d / "wg-Q8_0.json")
     assert f"{a_only} only A right, {b_only} only B right" in out
     assert main(["diff", str(d / "wg-Q4_0.json"), str(d / "mc-Q8_0.json")]) == 1
     assert "different task files" in capsys.readouterr().err
