@@ -33,6 +33,9 @@ enum qk_mode { QK_LLAMA = 0, QK_EXACT = 1 };
 /* A flag or-ed into the mode: also compute the reverse KL(Q||P) (qk_row.rkl),
  * at the cost of an exp per entry where the kernel has none to share. */
 #define QK_REVERSE 2
+/* Another: also the Jensen-Shannon divergence (qk_row.js), at the cost of an
+ * exp, an expm1 and a log per entry. */
+#define QK_JS 4
 
 /* Bits of qk_row.status. */
 enum qk_status {
@@ -63,6 +66,9 @@ typedef struct {
     double rkl;    /* KL(Q||P) in nats with QK_REVERSE (else 0): the full sum in both modes;
                       a dump's log p is as decoded in llama mode (code 0: its clip point),
                       the clipped tail's for code 0 in exact mode (always, for Q) */
+    double js;     /* JS(P, Q) = (KL(P||M) + KL(Q||M)) / 2, M = (P + Q) / 2, in nats with QK_JS
+                      (else 0): the full sum, the same in both modes, a dump's code 0
+                      its clipped tail (the base's where q > 0) */
     uint8_t overlap[QK_TOPK_MAX]; /* overlap[k - 1] = |top_k(P) ∩ top_k(Q)|, k = 1 .. 10 (ties
                                      in index order, as the tops) */
 } qk_row;

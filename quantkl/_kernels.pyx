@@ -23,8 +23,10 @@ cdef extern from "quantkl.h" nogil:
         double p_top
         uint8_t overlap[10]
         double rkl
+        double js
     int QK_TOPK_MAX
     int QK_REVERSE
+    int QK_JS
     void qk_score_llama_logits(const uint16_t *p_row, const void *q, int q_dtype,
                                Py_ssize_t q_stride, int64_t n_vocab, int64_t tok, int mode,
                                qk_row *out)
@@ -52,6 +54,7 @@ cdef extern from "dispatch.h" nogil:
 
 TOPK_MAX = QK_TOPK_MAX
 REVERSE = QK_REVERSE
+JS = QK_JS
 
 # A dump truncated by another process while it is read ends the row with a
 # status (QK_READ_FAULT) instead of killing the process with SIGBUS: each
@@ -70,7 +73,7 @@ ctypedef fused other_t:
 cdef class RowScores:
     """Per-row outputs of one kernel call, as numpy arrays of length n_rows."""
     cdef public object kld, nll_p, nll_q, nll_q_llama, top_p, top_q, rank, status, p_top, overlap
-    cdef public object rkl
+    cdef public object rkl, js
 
     def __init__(self, Py_ssize_t n):
         self.kld = np.empty(n, np.float64)
@@ -84,6 +87,7 @@ cdef class RowScores:
         self.p_top = np.empty(n, np.float64)
         self.overlap = np.empty((n, QK_TOPK_MAX), np.uint8)
         self.rkl = np.empty(n, np.float64)
+        self.js = np.empty(n, np.float64)
 
 
 # prange makes variables assigned in its body thread-private, but not a struct
@@ -101,6 +105,7 @@ cdef struct Outputs:
     double *p_top
     uint8_t *overlap
     double *rkl
+    double *js
 
 
 cdef Outputs outputs_of(RowScores s):
@@ -110,8 +115,9 @@ cdef Outputs outputs_of(RowScores s):
     cdef int32_t[::1] rank = s.rank, status = s.status
     cdef double[::1] p_top = s.p_top
     cdef uint8_t[:, ::1] overlap = s.overlap
-    cdef double[::1] rkl = s.rkl
-    cdef Outputs o = Outputs(NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL)
+    cdef double[::1] rkl = s.rkl, js = s.js
+    cdef Outputs o = Outputs(NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+                           NULL)
     if kld.shape[0] == 0:
         return o
     o.kld = &kld[0]
@@ -125,6 +131,7 @@ cdef Outputs outputs_of(RowScores s):
     o.p_top = &p_top[0]
     o.overlap = &overlap[0, 0]
     o.rkl = &rkl[0]
+    o.js = &js[0]
     return o
 
 
@@ -140,6 +147,7 @@ cdef inline void store(const qk_row *r, Outputs o, Py_ssize_t i) noexcept nogil:
     o.p_top[i] = r.p_top
     memcpy(&o.overlap[i * QK_TOPK_MAX], r.overlap, QK_TOPK_MAX)
     o.rkl[i] = r.rkl
+    o.js[i] = r.js
 
 
 cdef void row_llama_logits(const uint16_t *p, const void *q, int q_dtype, Py_ssize_t q_stride,

@@ -110,8 +110,8 @@ def topk_overlap(p_values: np.ndarray, q_values: np.ndarray) -> np.ndarray:
 
 def score_rows(base, other, tokens, mode: str = "llama") -> Dict[str, np.ndarray]:
     """Reference per-row kld, nll_p, nll_q, top_p, top_q, rank, p_top (the
-    base's top-1 probability) and overlap (top-k set overlap counts), in
-    float64 maths.
+    base's top-1 probability), overlap (top-k set overlap counts), rkl
+    (KL(Q||P)) and js (Jensen-Shannon), in float64 maths.
 
     A kept base entry (p > 0 by the mode's rules) where the other side's
     probability is 0 (a -inf logit) makes the row's KL infinite, however
@@ -154,6 +154,15 @@ def score_rows(base, other, tokens, mode: str = "llama") -> Dict[str, np.ndarray
         rterms = np.where(q_finite, q * (lq - lp_rev), 0.0)
     rkl = rterms.sum(axis=1)
     rkl[np.any(q_finite & (lp_rev == -np.inf), axis=1)] = np.inf
+    # Jensen-Shannon, the full sum, the same in both modes: a dump's code 0
+    # is its clipped tail (the base's where q > 0, as exact mode reads it)
+    lp_js = llama_base(base, "exact", q_finite)[1] if isinstance(base, LlamaRows) else lp
+    p_js = np.exp(lp_js)
+    with np.errstate(invalid="ignore"):
+        log_mix = np.logaddexp(lp_js, lq) - np.log(2.0)
+        jterms = (np.where(p_js > 0, p_js * (lp_js - log_mix), 0.0)
+                  + np.where(q > 0, q * (lq - log_mix), 0.0))
+    js = 0.5 * jterms.sum(axis=1)
     kld = terms.sum(axis=1)
     kld[np.any(kept & ~q_finite, axis=1)] = np.inf
     # the cut drops KLD terms only, never the token's NLL
@@ -168,6 +177,7 @@ def score_rows(base, other, tokens, mode: str = "llama") -> Dict[str, np.ndarray
         "rank": rank_of(q_rank_values, top_p),
         "p_top": p_top,
         "rkl": rkl,
+        "js": js,
         "overlap": topk_overlap(p_rank_values, q_rank_values),
     }
 

@@ -52,13 +52,19 @@ def as_dtype(x, dtype):
 
 
 def score(*args, **kw):
-    """The kernels with the reverse KL asked for (check compares it too)."""
-    return quantkl.score_rows(*args, reverse=True, **kw)
+    """The kernels with the reverse KL asked for, and the Jensen-Shannon
+    divergence from a second call (check compares both): a call asking for
+    JS runs one copy with its flags tested at run time, the others each a
+    copy of their own."""
+    rows = quantkl.score_rows(*args, reverse=True, **kw)
+    rows.js = quantkl.score_rows(*args, js=True, **kw).js
+    return rows
 
 
 def check(rows, ref):
     """The accuracy contract, row by row, with the worst row in the message."""
-    for name, rel in (("kld", 1e-6), ("rkl", 1e-6), ("nll_p", 1e-7), ("nll_q", 1e-7)):
+    for name, rel in (("kld", 1e-6), ("rkl", 1e-6), ("js", 1e-6), ("nll_p", 1e-7),
+                      ("nll_q", 1e-7)):
         got, want = getattr(rows, name), ref[name]
         assert np.array_equal(np.isfinite(got), np.isfinite(want)), (name, got, want)
         np.testing.assert_array_equal(got[~np.isfinite(want)], want[~np.isfinite(want)])
@@ -169,6 +175,27 @@ def test_known_values(kernel_path):
     assert r.nll_p[0] == pytest.approx(np.log(4), rel=1e-7)
     assert r.nll_q[0] == pytest.approx(np.log(2), rel=1e-7)
     assert (r.top_p[0], r.top_q[0], r.rank[0]) == (0, 1, 1)
+
+
+def test_known_jensen_shannon_values(kernel_path):
+    """Hand-computed JS, independent of the reference: the 3-token pair
+    above; disjoint supports give log 2; identical rows give 0; swapping the
+    sides changes nothing (JS is symmetric)."""
+    p = np.log(np.array([[0.5, 0.25, 0.25]], np.float32))
+    q = np.log(np.array([[0.25, 0.5, 0.25]], np.float32))
+    m = np.array([0.375, 0.375, 0.25])
+    want = 0.5 * (np.sum([0.5, 0.25, 0.25] * np.log([0.5, 0.25, 0.25] / m))
+                  + np.sum([0.25, 0.5, 0.25] * np.log([0.25, 0.5, 0.25] / m)))
+    for mode in ("llama", "exact"):
+        assert quantkl.score_rows(p, q, [1], mode=mode, js=True).js[0] == pytest.approx(
+            want, abs=1e-7)
+        assert quantkl.score_rows(q, p, [1], mode=mode, js=True).js[0] == pytest.approx(
+            want, abs=1e-7)
+    apart = np.array([[0, 0, -np.inf, -np.inf], [-np.inf, -np.inf, 0, 0]], np.float32)
+    r = quantkl.score_rows(apart, apart[::-1].copy(), [0, 0], mode="exact", js=True)
+    np.testing.assert_allclose(r.js, np.log(2), rtol=1e-7)
+    x = np.random.default_rng(5).normal(size=(3, 50001)).astype(np.float32) * 3
+    assert np.all(np.abs(quantkl.score_rows(x, x, [0, 1, 2], js=True).js) <= 1e-9)
 
 
 def test_quant_masking_a_base_token_gives_infinite_kld(kernel_path):
@@ -340,7 +367,7 @@ def test_every_compiled_path_is_listed():
         assert names == ["avx512", "avx2", "portable"]
 
 
-def test_reverse_kl_changes_nothing_else(kernel_path, rng):
+def test_reverse_kl_and_js_change_nothing_else(kernel_path, rng):
     x = make_logits(rng, 5, 30001, "wide").astype(np.float32)
     y = perturb(rng, x, "wide").astype(np.float32)
     tok = rng.integers(0, 30001, 5)
@@ -350,6 +377,9 @@ def test_reverse_kl_changes_nothing_else(kernel_path, rng):
         for mode in ("llama", "exact"):
             plain = quantkl.score_rows(b, o, tok, mode=mode)
             both = quantkl.score_rows(b, o, tok, mode=mode, reverse=True)
+            js = quantkl.score_rows(b, o, tok, mode=mode, js=True)
             for f in ("kld", "nll_p", "nll_q", "top_p", "top_q", "rank", "p_top", "overlap"):
                 np.testing.assert_array_equal(getattr(plain, f), getattr(both, f))
-            assert np.all(plain.rkl == 0) and np.all(both.rkl > 0)
+                np.testing.assert_array_equal(getattr(plain, f), getattr(js, f))
+            assert np.all(plain.rkl == 0) and np.all(both.rkl > 0) and np.all(js.rkl == 0)
+            assert np.all(plain.js == 0) and np.all(both.js == 0) and np.all(js.js > 0)
