@@ -163,7 +163,7 @@ def score_one(args, dump, model_path: str, record_path: Optional[str], save: Opt
         on_chunk.planned = chunks[1] - chunks[0]
         try:
             result = score_model(dump, model_path, mode=mode_of(args), topk=args.topk, save=save,
-                                 reverse=args.reverse_kl,
+                                 reverse=args.reverse_kl, js=args.js,
                                  chunks=chunks, stop=stop_rule(args), on_chunk=on_chunk,
                                  runner=runner, info=info)
         finally:
@@ -280,7 +280,7 @@ def cmd_compare(args) -> int:
         on_chunk.planned = chunks[1] - chunks[0]
         try:
             result = compare_dumps(base, other, mode=mode_of(args), topk=args.topk,
-                                   reverse=args.reverse_kl,
+                                   reverse=args.reverse_kl, js=args.js,
                                    threads=args.threads, chunks=chunks, stop=stop_rule(args),
                                    on_chunk=on_chunk, info=info)
         finally:
@@ -521,6 +521,9 @@ def build_parser() -> argparse.ArgumentParser:
     scoring.add_argument("--reverse-kl", action="store_true",
                          help="also the reverse KL, KL(quant || base), per token (costs an exp "
                               "per entry: 15-35 %% of the kernel rate)")
+    scoring.add_argument("--js", action="store_true",
+                         help="also the Jensen-Shannon divergence per token (an exp, an expm1 and a "
+                              "log per entry: about half the kernel rate)")
     scoring.add_argument("--json", metavar="OUT.json", help="write a JSON record (+ OUT.npz)")
     scoring.add_argument("-f", "--force", action="store_true",
                          help="overwrite the --json record (and score's --save dump)")

@@ -208,7 +208,8 @@ def score_model(dump: LogitDump, model: str | os.PathLike, *, mode: str = "llama
                 options: Optional[ModelOptions] = None, chunks: Optional[Tuple[int, int]] = None,
                 stop: Optional[StopRule] = None, on_chunk: Optional[ResultCallback] = None,
                 verbose: bool = False, runner: Optional[ModelRunner] = None,
-                info: Optional[RunInfo] = None, reverse: bool = False) -> KLDResult:
+                info: Optional[RunInfo] = None, reverse: bool = False,
+                js: bool = False) -> KLDResult:
     """Run a model on a dump's own tokens and score it against the dump, chunk by chunk.
 
     ``chunks`` (A, B) scores chunk indices A..B-1 only (a shard; see
@@ -234,7 +235,7 @@ def score_model(dump: LogitDump, model: str | os.PathLike, *, mode: str = "llama
         if runner.n_vocab != dump.n_vocab:
             raise ModelError(f"vocabulary mismatch: {dump.path} has {dump.n_vocab} entries, "
                              f"{runner.path} has {runner.n_vocab}")
-        scorer = Scorer(mode=mode, topk=topk, threads=runner.threads, reverse=reverse)
+        scorer = Scorer(mode=mode, topk=topk, threads=runner.threads, reverse=reverse, js=js)
         writer = LogitDumpWriter(save, dump.n_ctx, dump.n_vocab, dump.tokens) if save else None
         try:
             for group in chunk_groups(a, b, runner.parallel):
@@ -272,7 +273,8 @@ def compare_dumps(base: LogitDump, other: LogitDump, *, mode: str = "llama",
                   topk: Sequence[int] = (1, 5, 10), threads: Optional[int] = None,
                   chunks: Optional[Tuple[int, int]] = None, stop: Optional[StopRule] = None,
                   on_chunk: Optional[ResultCallback] = None,
-                  info: Optional[RunInfo] = None, reverse: bool = False) -> KLDResult:
+                  info: Optional[RunInfo] = None, reverse: bool = False,
+                  js: bool = False) -> KLDResult:
     """Score two saved dumps of the same tokens against each other; no model
     needed. ``chunks``, ``stop`` and ``info`` as for :func:`score_model`."""
     start = time.perf_counter()
@@ -287,7 +289,7 @@ def compare_dumps(base: LogitDump, other: LogitDump, *, mode: str = "llama",
     info = info if info is not None else RunInfo()
     a, b = chunks if chunks is not None else (0, base.n_chunk)
     info.chunks = info.scored = (a, b)
-    scorer = Scorer(mode=mode, topk=topk, threads=threads, reverse=reverse)
+    scorer = Scorer(mode=mode, topk=topk, threads=threads, reverse=reverse, js=js)
     for c in range(a, b):
         bc, oc = base.chunk(c), other.chunk(c)
         update(scorer, (base, other), bc.rows, oc.rows, bc.tokens, c + 1)

@@ -45,7 +45,7 @@ def per_token_summary(result: KLDResult) -> Dict[str, Any]:
 
 # Per-token arrays a record's sidecar holds when its result had them (records
 # written before top-k overlap and the base's confidence were kept lack them).
-OPTIONAL_ARRAYS = ("p_top", "overlap", "token", "rkl")
+OPTIONAL_ARRAYS = ("p_top", "overlap", "token", "rkl", "js")
 
 
 def sidecar_path(path: str) -> str:

@@ -281,6 +281,7 @@ MEASUREMENTS: List[Tuple[str, Any, int, bool]] = [
     ("KLD mean", lambda r: r.stats["kld_mean"], 6, False),
     ("KLD mean uncertainty", lambda r: r.stats["kld_mean_unc"], 6, False),
     ("Reverse KLD mean", lambda r: r.stats["rkl_mean"], 6, False),
+    ("Jensen-Shannon mean", lambda r: r.stats["js_mean"], 6, False),
     ("KLD max", lambda r: r.stats["kld_max"], 4, False),
     ("KLD 99.9%", lambda r: r.stats["kld_p99_9"], 4, False),
     ("KLD 99%", lambda r: r.stats["kld_p99"], 4, False),

@@ -90,16 +90,19 @@ def _check_mode(mode: str) -> int:
 
 def score_rows(base: Distributions, other: Distributions, tokens: object, *,
                mode: str = "llama", threads: Optional[int] = None, first_row: int = 0,
-               chunk: Optional[int] = None, reverse: bool = False) -> "_kernels.RowScores":
+               chunk: Optional[int] = None, reverse: bool = False,
+               js: bool = False) -> "_kernels.RowScores":
     """Per-row kernel outputs (kld, nll_p, nll_q, top_p, top_q, rank, p_top,
-    overlap, and with ``reverse`` rkl, KL(other || base)) for one block.
+    overlap, with ``reverse`` rkl, KL(other || base), and with ``js`` the
+    Jensen-Shannon divergence) for one block.
 
     ``base`` is float logits (rows, vocab) or :class:`LlamaRows`; ``other`` is
     float logits or :class:`LlamaRows`. Raises ValueError/TypeError on bad
     input; a bad row is named by its index from ``first_row`` and, when the
     block is a dump's chunk, by ``chunk`` too.
     """
-    mode_code = _check_mode(mode) | (_kernels.REVERSE if reverse else 0)
+    mode_code = (_check_mode(mode) | (_kernels.REVERSE if reverse else 0)
+                 | (_kernels.JS if js else 0))
     nthreads = thread_count(threads)
     if not isinstance(base, LlamaRows):
         base_view, base_dtype = logits_view(base, "base")
@@ -151,10 +154,11 @@ class Scorer:
     """
 
     def __init__(self, *, mode: str = "llama", topk: Sequence[int] = (1, 5, 10),
-                 threads: Optional[int] = None, reverse: bool = False):
+                 threads: Optional[int] = None, reverse: bool = False, js: bool = False):
         _check_mode(mode)
         self.mode = mode
         self.reverse = bool(reverse)
+        self.js = bool(js)
         self.topk = check_topk(topk)
         self.threads = thread_count(threads)
         self._blocks: list = []
@@ -165,14 +169,16 @@ class Scorer:
         returns that block's own result."""
         first_row = sum(b.count for b in self._blocks)
         rows = score_rows(base, other, tokens, mode=self.mode, threads=self.threads,
-                          first_row=first_row, chunk=chunk, reverse=self.reverse)
+                          first_row=first_row, chunk=chunk, reverse=self.reverse,
+                          js=self.js)
         # llama mode prints PPL from the NLLs llama-perplexity stores (float32,
         # rounded step by step); the exact ones differ by its rounding noise.
         nll = rows.nll_q_llama if self.mode == "llama" else rows.nll_q
         block = KLDResult(rows.kld, nll, rows.nll_p, rows.rank, self.mode, self.topk,
                           top_base=rows.top_p, top_other=rows.top_q, p_top=rows.p_top,
                           overlap=rows.overlap, token=np.asarray(tokens, np.int64),
-                          rkl=rows.rkl if self.reverse else None)
+                          rkl=rows.rkl if self.reverse else None,
+                          js=rows.js if self.js else None)
         self._blocks.append(block)
         return block
 
@@ -183,7 +189,8 @@ class Scorer:
                              self.mode, self.topk, [], p_top=np.empty(0),
                              overlap=np.empty((0, TOPK_MAX), np.uint8),
                              token=np.empty(0, np.int64),
-                             rkl=np.empty(0) if self.reverse else None)
+                             rkl=np.empty(0) if self.reverse else None,
+                             js=np.empty(0) if self.js else None)
         total = self._blocks[0]
         for b in self._blocks[1:]:
             total = total + b
@@ -193,7 +200,7 @@ class Scorer:
 
 def score(base: Distributions, other: Distributions, tokens: object, *, mode: str = "llama",
           topk: Sequence[int] = (1, 5, 10), threads: Optional[int] = None,
-          reverse: bool = False) -> KLDResult:
+          reverse: bool = False, js: bool = False) -> KLDResult:
     """KL(base || other) and llama-perplexity's statistics over a block of rows.
 
     base, other: logits (rows, vocab) as float32/float16/bfloat16, or
@@ -205,8 +212,11 @@ def score(base: Distributions, other: Distributions, tokens: object, *, mode: st
     topk: the k (1..10) for which top-k agreement is reported.
     threads: rows are scored in parallel; default all available cores.
     reverse: also KL(other || base) per token (``rkl``; an exp per entry more).
+    js: also the Jensen-Shannon divergence per token (``js``; an exp, an
+        expm1 and a log per entry more). Both are full sums in either mode;
+        see README "Divergences beyond llama-perplexity" for a dump's code 0.
     """
-    s = Scorer(mode=mode, topk=topk, threads=threads, reverse=reverse)
+    s = Scorer(mode=mode, topk=topk, threads=threads, reverse=reverse, js=js)
     s.update(base, other, tokens)
     return s.result()
 

@@ -116,7 +116,8 @@ class KLDResult:
     them (older records lack them: None): ``p_top`` (the base's top-1
     probability), ``overlap`` ((tokens, 10): column k - 1 counts the base's
     top k among the other model's top k), ``token`` (the scored token's id)
-    and, when asked for, ``rkl`` (the reverse KL, KL(other || base)).
+    and, when asked for, ``rkl`` (the reverse KL, KL(other || base)) and
+    ``js`` (the Jensen-Shannon divergence).
     """
 
     def __init__(self, kld: np.ndarray, nll: np.ndarray, nll_base: np.ndarray,
@@ -124,7 +125,8 @@ class KLDResult:
                  chunk_ends: Optional[Iterable[int]] = None,
                  top_base: Optional[np.ndarray] = None, top_other: Optional[np.ndarray] = None,
                  p_top: Optional[np.ndarray] = None, overlap: Optional[np.ndarray] = None,
-                 token: Optional[np.ndarray] = None, rkl: Optional[np.ndarray] = None):
+                 token: Optional[np.ndarray] = None, rkl: Optional[np.ndarray] = None,
+                 js: Optional[np.ndarray] = None):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         n = len(kld)
@@ -143,7 +145,8 @@ class KLDResult:
         self.overlap = None if overlap is None else np.asarray(overlap, np.uint8)
         self.token = None if token is None else np.asarray(token, np.int64)
         self.rkl = None if rkl is None else np.asarray(rkl, np.float64)
-        for name in ("p_top", "overlap", "token", "rkl"):
+        self.js = None if js is None else np.asarray(js, np.float64)
+        for name in ("p_top", "overlap", "token", "rkl", "js"):
             a = getattr(self, name)
             if a is not None and len(a) != n:
                 raise ValueError(f"{name} must have one entry per token")
@@ -180,7 +183,8 @@ class KLDResult:
                          sorted(set(self.topk) | set(other.topk)), ends,
                          np.concatenate([self.top_base, other.top_base]),
                          np.concatenate([self.top_other, other.top_other]),
-                         joined("p_top"), joined("overlap"), joined("token"), joined("rkl"))
+                         joined("p_top"), joined("overlap"), joined("token"), joined("rkl"),
+                         joined("js"))
 
     def subset(self, mask: np.ndarray) -> "KLDResult":
         """The tokens where mask is true, as one chunk (statistics over a
@@ -192,7 +196,7 @@ class KLDResult:
         return KLDResult(self.kld[mask], self.nll[mask], self.nll_base[mask], self.rank[mask],
                          self.mode, self.topk, [int(mask.sum())], self.top_base[mask],
                          self.top_other[mask], pick(self.p_top), pick(self.overlap),
-                         pick(self.token), pick(self.rkl))
+                         pick(self.token), pick(self.rkl), pick(self.js))
 
     @property
     def count(self) -> int:
@@ -285,6 +289,8 @@ class KLDResult:
         if self.rkl is not None and self.count:
             with np.errstate(invalid="ignore", over="ignore"):
                 out.update(_spread("rkl", self.rkl))
+        if self.js is not None and self.count:
+            out.update(_spread("js", self.js))
         return out
 
     def topk_overlap(self, k: int) -> np.ndarray:
@@ -330,7 +336,8 @@ class KLDResult:
 
     def __getattr__(self, name: str) -> float:
         if name.startswith("_") or name in ("kld", "nll", "nll_base", "dp", "rank", "top_base",
-                                            "top_other", "p_top", "overlap", "token", "rkl"):
+                                            "top_other", "p_top", "overlap", "token", "rkl",
+                                            "js"):
             raise AttributeError(name)
         stats = self.statistics()
         if name in stats:
@@ -396,6 +403,9 @@ class KLDResult:
         if self.rkl is not None:
             L.append("Mean reverse KLD, KL(Q||base): %10.6f ± %10.6f" % (s["rkl_mean"],
                                                                       s["rkl_mean_unc"]))
+        if self.js is not None:
+            L.append("Mean Jensen-Shannon div.    : %10.6f ± %10.6f" % (s["js_mean"],
+                                                                      s["js_mean_unc"]))
         L.append("Base top-1 p  : %6.3f ± %5.3f %%" % (100 * s["p_top_mean"],
                                                       100 * s["p_top_mean_unc"]))
         L += ["Top-%-2d overlap: %6.3f ± %5.3f %%" % (k, 100 * s[f"top{k}_overlap_mean"],

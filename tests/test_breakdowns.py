@@ -143,28 +143,38 @@ def test_results_add_and_subset_keep_the_arrays(rng):
         whole.overlap[::3, 9].mean() / 10)
 
 
-def test_reverse_kl_on_real_dumps(records, quants, tmp_path, capsys):
+def test_reverse_kl_and_js_on_real_dumps(records, quants, tmp_path, capsys):
     from quantkl import reference
     from quantkl.dumpfile import LogitDump
     d, _ = records
     base = d / "base.kld"
-    assert main(["score", str(base), "-m", quants["Q4_0"], "--reverse-kl", "-q", "--save",
-                 str(tmp_path / "q.kld"), "--json", str(tmp_path / "s.json")]) == 0
+    assert main(["score", str(base), "-m", quants["Q4_0"], "--reverse-kl", "--js", "-q",
+                 "--save", str(tmp_path / "q.kld"), "--json", str(tmp_path / "s.json")]) == 0
     out = capsys.readouterr().out
     res = load_result(str(tmp_path / "s.json"))
     assert f"Mean reverse KLD, KL(Q||base): {res.rkl.mean():10.6f}" in out
-    assert json.loads((tmp_path / "s.json").read_text())["statistics"]["rkl_mean"] == \
-        pytest.approx(res.rkl.mean(), rel=1e-12)
+    assert f"Mean Jensen-Shannon div.    : {res.js.mean():10.6f}" in out
+    stats = json.loads((tmp_path / "s.json").read_text())["statistics"]
+    assert stats["rkl_mean"] == pytest.approx(res.rkl.mean(), rel=1e-12)
+    assert stats["js_mean"] == pytest.approx(res.js.mean(), rel=1e-12)
+    # JS is at most log 2, and near KL / 4 where the two are close
+    assert np.all(res.js <= np.log(2)) and 0.15 < res.js.mean() / res.kld.mean() < 0.35
+    assert main(["report", str(tmp_path / "s.json")]) == 0
+    row = [r for r in capsys.readouterr().out.splitlines() if r.startswith("| Jensen-Shannon mean")]
+    assert row and f"{res.js.mean():.6f}" in row[0]
     for mode in ("llama", "exact"):
         flag = ["--exact"] if mode == "exact" else []
-        assert main(["compare", str(base), str(tmp_path / "q.kld"), "--reverse-kl", "-q",
+        assert main(["compare", str(base), str(tmp_path / "q.kld"), "--reverse-kl", "--js", "-q",
                      "--json", str(tmp_path / f"c-{mode}.json"), *flag]) == 0
-        got = load_result(str(tmp_path / f"c-{mode}.json")).rkl
+        got = load_result(str(tmp_path / f"c-{mode}.json"))
         b, q = LogitDump(str(base)), LogitDump(str(tmp_path / "q.kld"))
-        want = np.concatenate([reference.score_rows(cb.rows, cq.rows, cb.tokens, mode)["rkl"]
-                               for cb, cq in zip(b.chunks(), q.chunks())])
-        assert np.all(np.abs(got - want) <= 1e-7 + 1e-6 * np.abs(want))
-        assert np.all(want > 0)
+        ref = [reference.score_rows(cb.rows, cq.rows, cb.tokens, mode)
+               for cb, cq in zip(b.chunks(), q.chunks())]
+        for name in ("rkl", "js"):
+            want = np.concatenate([r[name] for r in ref])
+            assert np.all(np.abs(getattr(got, name) - want) <= 1e-7 + 1e-6 * np.abs(want))
+            assert np.all(want > 0)
     capsys.readouterr()
     plain = load_result(str(records[1][0]))
+    assert plain.js is None and "Jensen" not in plain.format()
     assert plain.rkl is None and "reverse" not in plain.format()
