@@ -695,13 +695,16 @@ QK_INLINE double tail_before(const uint16_t *row, const qk_header *h, int64_t n,
         vmask valid[QK_G], other[QK_G], live[QK_G], big = vm_none();
         load_codes_g(c, row, i, n, full);
         valid_g(valid, i, n, full);
-        if (q)
+        if (q) {
             load_logits_g(y, other, q, dt, st, i, n, full);
-        for (int j = 0; j < QK_G; j++) {
-            if (q)
-                other[j] = vm_and(other[j], vf_gt(y[j], vf_set1(-INFINITY)));
-            else
+        } else { /* a dump: finite wherever valid */
+            for (int j = 0; j < QK_G; j++) {
+                y[j] = vf_set1(0.0f);
                 other[j] = valid[j];
+            }
+        }
+        for (int j = 0; j < QK_G; j++) {
+            other[j] = vm_and(other[j], vf_gt(y[j], vf_set1(-INFINITY)));
             live[j] = vm_and(valid[j], vf_gt(c[j], zero));
             tail_n += count(vm_andnot(other[j], live[j]));
             lp[j] = decode(c[j], scale, minlp);
