@@ -214,7 +214,8 @@ def score(base: Distributions, other: Distributions, tokens: object, *, mode: st
     reverse: also KL(other || base) per token (``rkl``; an exp per entry more).
     js: also the Jensen-Shannon divergence per token (``js``; an exp, an
         expm1 and a log per entry more). Both are full sums in either mode;
-        see README "Divergences beyond llama-perplexity" for a dump's code 0.
+        see README "Beyond llama-perplexity's block" (under "The command")
+        for how a dump's code 0 is read.
     """
     s = Scorer(mode=mode, topk=topk, threads=threads, reverse=reverse, js=js)
     s.update(base, other, tokens)
