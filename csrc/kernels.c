@@ -333,11 +333,61 @@ QK_INLINE void add_mass64(vd *lo, vd *hi, vmask m, vf lp)
     *hi += vd_keep_hi(m, x[1]);
 }
 
-/* A mass summed from float32 exps where every lane is below -6 (p <
- * 0.0025; steps holding a larger one take add_mass64, and a row has at most
- * 400 such entries): each exp is within 0.88 ulp and unbiased, so the sum
- * stays within QK_MASS_ERR of the float64 one (4 standard deviations). */
-#define QK_MASS_ERR 1e-8
+/* A decoded mass: exp(lp) summed over the code > 0 entries of a row, from
+ * float64 exps (add_mass64) or by add_mass_g, which takes float64 exps for
+ * a step holding a log p above -6 (p > 0.0025: at most 400 entries of a
+ * row) and the float32 exps the caller took otherwise, each widened on its
+ * own (adding them in float32 pairs first was slower, measured). Those are
+ * within 7.7e-8 of exp, 2.6e-8 relative rms, with no bias (measured over
+ * every float in [-87, -6]), so the sum is within QK_EXP_ERR4 * sqrt(sum of
+ * the squares of the float32 terms) of the float64 one: 4 standard
+ * deviations, and more than the error of one term alone. sq holds those
+ * squares. */
+typedef struct {
+    vd lo, hi;
+    vf sq;
+} mass_sum;
+
+#define QK_EXP_ERR4 1.1e-7
+
+QK_INLINE void add_mass_g(mass_sum *m, const vmask *live, const vf *lp, const vf *e)
+{
+    vmask big = vm_none();
+    for (int j = 0; j < QK_G; j++)
+        big = vm_or(big, vm_and(live[j], vf_gt(lp[j], vf_set1(-6.0f))));
+    if (vm_bits(big)) {
+        for (int j = 0; j < QK_G; j++)
+            add_mass64(&m->lo, &m->hi, live[j], lp[j]);
+        return;
+    }
+    vf kept[QK_G];
+    for (int j = 0; j < QK_G; j++) {
+        kept[j] = vf_keep(live[j], e[j]);
+        m->sq = vf_fma(kept[j], kept[j], m->sq);
+    }
+    add_each_g(&m->lo, &m->hi, kept);
+}
+
+QK_INLINE double mass_of(const mass_sum *m) { return vd_hsum(widened_sum(m->lo, m->hi)); }
+
+/* How far the mass may sit from the float64 one (1e-15 for float64 exps). */
+QK_INLINE double mass_error(const mass_sum *m)
+{
+    return QK_EXP_ERR4 * sqrt(vd_hsum(widened_sum(vf_lo_pd(m->sq), vf_hi_pd(m->sq)))) + 1e-15;
+}
+
+/* How far a tail log p from a mass within err of the float64 one may sit
+ * from the tail log p of that float64 mass (0 where the clamp holds it
+ * whatever the mass, +inf where 1 - mass may be 0 or below). */
+static inline double tail_error(double mass, double err, double n, double min_log_prob)
+{
+    const double left = 1.0 - mass;
+    if (left <= err)
+        return INFINITY;
+    if (log((left - err) / n) >= min_log_prob || log((left + err) / n) <= min_log_prob - 16.0)
+        return 0.0;
+    return log((left + err) / (left - err));
+}
 
 /* --- what a pass follows besides its sums ------------------------------------ */
 
@@ -491,7 +541,6 @@ QK_INLINE vf decode(vf c, vf scale, vf min_log_prob)
 
 typedef struct {
     vf scale, min_log_prob, cut, zero, ninf, ymax, lse_hi;
-    vd ymax64, lse64; /* reverse KL: Y and the full log-sum-exp */
     vf tail_lp;       /* Jensen-Shannon: the base's tail log p */
 } llama_logits_consts;
 
@@ -499,15 +548,14 @@ typedef struct {
     vd t_lo, t_hi;   /* kept base entries: p * ((lp - (y - Y)) + lse_hi) */
     vf p32;          /* llama mode, kept base entries: p (it only scales lse's float32
                         rounding, < 5e-7: float32 sums are ample) */
-    vd p_lo, p_hi;   /* exact mode, kept base entries: p from float64 exps, for the tail */
+    mass_sum p;      /* the base's decoded mass (code > 0), for its tail: exact mode from
+                        float64 exps, llama mode with the reverse KL by add_mass_g */
     vd y_lo, y_hi;   /* exact mode, tail entries (code 0, y finite): y - Y */
-    int64_t tail_n;
+    int64_t tail_n;  /* exact mode or the reverse KL: code-0 entries where y is finite */
     vmask inf;       /* exact mode, kept base entries where y is -inf: the KL is infinite */
     vf lp_max;       /* the block's largest decoded log p, for the top-k list */
-    vd r_lo, r_hi;   /* reverse KL: e * (lq - lp), e = exp((y - Y) - lse_hi), lq = log q, over
-                        live q (y finite) and, in exact mode, base code > 0 */
-    vd rt_lo, rt_hi; /* reverse KL, exact mode, base code 0: e * lq, and (below) e */
-    vd re_lo, re_hi;
+    vd r_lo, r_hi;   /* reverse KL: e * d, e = exp((y - Y) - lse_hi), over live q (y finite) */
+    vd re_lo, re_hi; /* reverse KL: e over live q on the base's code 0 (its tail, in both modes) */
     js_sums js;
 } llama_logits_sums;
 
@@ -530,43 +578,29 @@ QK_INLINE void llama_logits_js(llama_logits_sums *s, const llama_logits_consts *
     js_add_g(&s->js, la, dqp, keep);
 }
 
-/* Reverse KL's per-entry sums, taken first (they need y and an exp of their
- * own): q = exp(lq) against the base's decoded log p, or, for the base's
- * code 0 in exact mode, its clipped tail's (known at the end: kept apart).
- * log q - log p is formed in float64 from exact widenings: in float32 its
- * roundings at |log q| ~ 20 reached the contract's limit on 262k rows. */
+/* Reverse KL's per-entry sums: KL(Q||P) = sum q (lq - lp). The forward
+ * term's d is -(lq - lp) in float32 with lq = (y - Y) - lse_hi (small when
+ * the rows are alike, as the forward terms are), so e * d with e =
+ * exp((y - Y) - lse_hi) is the term; on the base's code 0, whose lp decodes
+ * to min_log_prob, the tail's own log p takes its place at the end through
+ * Q's mass there (re), and the float64 part of lse the terms leave out is put
+ * back then too. */
 QK_INLINE void llama_logits_reverse(llama_logits_sums *s, const llama_logits_consts *k,
-                                    int exact, const vf *c, const vf *y, const vmask *valid)
+                                    const vf *c, const vf *y, const vf *d, const vmask *valid)
 {
-    vf e[QK_G];
-    vmask live[QK_G], tail[QK_G];
+    vf e[QK_G], r[QK_G], et[QK_G];
+    vmask live[QK_G];
     for (int j = 0; j < QK_G; j++) {
         e[j] = (y[j] - k->ymax) - k->lse_hi;
         live[j] = vm_and(valid[j], vf_gt(y[j], k->ninf));
-        tail[j] = vm_none();
-        if (exact) {
-            const vmask code = vf_gt(c[j], k->zero);
-            tail[j] = vm_andnot(live[j], code);
-            live[j] = vm_and(live[j], code);
-        }
     }
     vf_exp_n(e, QK_G);
     for (int j = 0; j < QK_G; j++) {
-        const vf lp = decode(c[j], k->scale, k->min_log_prob);
-        const vf el = vf_keep(live[j], e[j]);
-        /* lq = (y - Y) - lse, exact in float64 but for lse's own rounding */
-        const vd lq_lo = (vf_lo_pd(y[j]) - k->ymax64) - k->lse64;
-        const vd lq_hi = (vf_hi_pd(y[j]) - k->ymax64) - k->lse64;
-        s->r_lo += vf_lo_pd(el) * vd_keep_lo(live[j], lq_lo - vf_lo_pd(lp));
-        s->r_hi += vf_hi_pd(el) * vd_keep_hi(live[j], lq_hi - vf_hi_pd(lp));
-        if (exact) {
-            const vf et = vf_keep(tail[j], e[j]);
-            s->rt_lo += vf_lo_pd(et) * vd_keep_lo(tail[j], lq_lo);
-            s->rt_hi += vf_hi_pd(et) * vd_keep_hi(tail[j], lq_hi);
-            s->re_lo += vf_lo_pd(et);
-            s->re_hi += vf_hi_pd(et);
-        }
+        r[j] = vf_keep(live[j], e[j] * d[j]);
+        et[j] = vf_keep(vm_andnot(live[j], vf_gt(c[j], k->zero)), e[j]);
     }
+    add_terms_g(&s->r_lo, &s->r_hi, r);
+    add_terms_g(&s->re_lo, &s->re_hi, et);
 }
 
 /* Everything that needs y is taken before the exps, so that y is dead while
@@ -575,8 +609,6 @@ QK_INLINE void llama_logits_step(llama_logits_sums *s, const llama_logits_consts
                                  const vf *c, const vf *y, const vmask *valid)
 {
     const int exact = flags & QK_EXACT;
-    if (flags & QK_REVERSE)
-        llama_logits_reverse(s, k, exact, c, y, valid);
     if (flags & QK_JS)
         llama_logits_js(s, k, c, y, valid);
     vf lp[QK_G], d[QK_G], t[QK_G];
@@ -585,6 +617,8 @@ QK_INLINE void llama_logits_step(llama_logits_sums *s, const llama_logits_consts
         lp[j] = decode(c[j], k->scale, k->min_log_prob);
         d[j] = (lp[j] - (y[j] - k->ymax)) + k->lse_hi;
     }
+    if (flags & QK_REVERSE)
+        llama_logits_reverse(s, k, c, y, d, valid);
     s->lp_max = vf_max(max_g(lp), s->lp_max); /* lanes past the end: the row's minimum */
     if (exact) {
         for (int j = 0; j < QK_G; j++) {
@@ -595,11 +629,29 @@ QK_INLINE void llama_logits_step(llama_logits_sums *s, const llama_logits_consts
             s->y_lo += vf_lo_pd(ty);
             s->y_hi += vf_hi_pd(ty);
             s->inf = vm_or(s->inf, vm_andnot(vm_and(valid[j], code), finite_y));
-            add_mass64(&s->p_lo, &s->p_hi, vm_and(valid[j], code), lp[j]);
+            add_mass64(&s->p.lo, &s->p.hi, vm_and(valid[j], code), lp[j]);
             /* p may underflow here, and 0 * inf must not make a NaN */
             keep[j] = vm_and(vm_and(valid[j], code), finite_y);
         }
         vf_exp_n(lp, QK_G);
+    } else if (flags & QK_REVERSE) {
+        /* the reverse KL reads the base's code 0 as its clipped tail: the
+         * decoded mass of every step, not only of those the cut keeps
+         * something of (on language-model rows that is nearly all anyway) */
+        vf e[QK_G];
+        vmask code[QK_G];
+        for (int j = 0; j < QK_G; j++) {
+            code[j] = vm_and(valid[j], vf_gt(c[j], k->zero));
+            s->tail_n += count(vm_andnot(vm_and(valid[j], vf_gt(y[j], k->ninf)), code[j]));
+            keep[j] = vm_and(valid[j], vf_gt(lp[j], k->cut));
+            e[j] = lp[j];
+        }
+        vf_exp_n(e, QK_G); /* the kept lanes' exps as vf_exp_in_range_n's, to the bit */
+        add_mass_g(&s->p, code, lp, e);
+        for (int j = 0; j < QK_G; j++) {
+            lp[j] = e[j];
+            s->p32 = vf_add_where(s->p32, keep[j], lp[j]);
+        }
     } else {
         vmask any = vm_none();
         for (int j = 0; j < QK_G; j++) {
@@ -679,20 +731,20 @@ QK_INLINE double mass64(const uint16_t *row, const qk_header *h, int64_t n)
 
 /* A dump's clipped tail log p from a pass of its own: Jensen-Shannon's
  * terms are not linear in it, so it is needed before the pass that sums
- * them. The mass as llama_llama_step sums Q's (float64 exps for a step with
- * a log p above -6, within QK_MASS_ERR otherwise); the tail is the code-0
+ * them. The mass by add_mass_g, as llama_llama_step sums Q's; the tail is the code-0
  * entries where the other side is finite (q: logits of dt, or NULL for a
  * dump, whose log q is finite everywhere). */
 QK_INLINE double tail_before(const uint16_t *row, const qk_header *h, int64_t n, const void *q,
                              int dt, ptrdiff_t st)
 {
     const vf scale = vf_set1(h->scale), minlp = vf_set1(h->min_log_prob), zero = vf_set1(0.0f);
-    vd lo = vd_set1(0.0), hi = lo;
+    mass_sum m;
+    memset(&m, 0, sizeof m);
     int64_t tail_n = 0;
     for (int64_t i = 0; i < n; i += QK_SPAN) {
         const int full = i + QK_SPAN <= n;
-        vf c[QK_G], lp[QK_G], y[QK_G];
-        vmask valid[QK_G], other[QK_G], live[QK_G], big = vm_none();
+        vf c[QK_G], lp[QK_G], e[QK_G], y[QK_G];
+        vmask valid[QK_G], other[QK_G], live[QK_G];
         load_codes_g(c, row, i, n, full);
         valid_g(valid, i, n, full);
         if (q) {
@@ -707,20 +759,12 @@ QK_INLINE double tail_before(const uint16_t *row, const qk_header *h, int64_t n,
             other[j] = vm_and(other[j], vf_gt(y[j], vf_set1(-INFINITY)));
             live[j] = vm_and(valid[j], vf_gt(c[j], zero));
             tail_n += count(vm_andnot(other[j], live[j]));
-            lp[j] = decode(c[j], scale, minlp);
-            big = vm_or(big, vm_and(live[j], vf_gt(lp[j], vf_set1(-6.0f))));
+            e[j] = lp[j] = decode(c[j], scale, minlp);
         }
-        if (vm_bits(big)) {
-            for (int j = 0; j < QK_G; j++)
-                add_mass64(&lo, &hi, live[j], lp[j]);
-        } else {
-            vf_exp_n(lp, QK_G);
-            for (int j = 0; j < QK_G; j++)
-                lp[j] = vf_keep(live[j], lp[j]);
-            add_each_g(&lo, &hi, lp);
-        }
+        vf_exp_n(e, QK_G);
+        add_mass_g(&m, live, lp, e);
     }
-    return qk_tail_log_prob(1.0 - vd_hsum(widened_sum(lo, hi)), (double)tail_n, h->min_log_prob);
+    return qk_tail_log_prob(1.0 - mass_of(&m), (double)tail_n, h->min_log_prob);
 }
 
 /* A token's NLL as llama-perplexity stores it: its float32 log-sum-exp added
@@ -756,11 +800,9 @@ QK_INLINE void llama_logits_row(const uint16_t *p_row, const void *q, int dt, pt
     const double c_js = flags & QK_JS ? tail_before(p_row, &h, n, q, dt, st) : 0.0;
     const llama_logits_consts k = {vf_set1(h.scale), vf_set1(h.min_log_prob), vf_set1(-16.0f),
                                    vf_set1(0.0f), vf_set1(-INFINITY), vf_set1(nq.max),
-                                   vf_set1(lse_hi), vd_set1((double)nq.max), vd_set1(lse),
-                                   vf_set1((float)c_js)};
-    const vd z = vd_set1(0.0);
-    const vf zf = vf_set1(0.0f);
-    llama_logits_sums s = {z, z, zf, z, z, z, z, 0, vm_none(), zf, z, z, z, z, z, z, {z, z, z, z}};
+                                   vf_set1(lse_hi), vf_set1((float)c_js)};
+    llama_logits_sums s;
+    memset(&s, 0, sizeof s); /* every sum 0.0, every mask none */
     qk_topk tp = {0}, bp = {0};
     for (int64_t b = 0; b < n; b += QK_BLOCK) {
         const int64_t e = block_end(b, n);
@@ -785,27 +827,38 @@ QK_INLINE void llama_logits_row(const uint16_t *p_row, const void *q, int dt, pt
     }
     const side_values pv = codes_side(p_row, k.scale, k.min_log_prob);
     topk_of_blocks(&tp, &bp, &pv, n);
-    const double sum_p = exact ? vd_hsum(widened_sum(s.p_lo, s.p_hi))
+    const double sum_p = exact ? mass_of(&s.p)
                                : vd_hsum(widened_sum(vf_lo_pd(s.p32), vf_hi_pd(s.p32)));
     if (qk_row_corrupt(&h, qk_topk_best(&tp), sum_p, p_row, n)) {
         out->status = QK_P_CORRUPT;
         return;
     }
     double kld = vd_hsum(widened_sum(s.t_lo, s.t_hi)) + (lse - lse_hi) * sum_p;
+    /* the base's tail (exact mode, or the reverse KL in either) */
+    const double tail_mass = mass_of(&s.p);
     double c_tail = -INFINITY;
-    if (s.tail_n > 0) {
-        c_tail = qk_tail_log_prob(1.0 - sum_p, (double)s.tail_n, h.min_log_prob);
+    if (s.tail_n > 0)
+        c_tail = qk_tail_log_prob(1.0 - tail_mass, (double)s.tail_n, h.min_log_prob);
+    if (exact && s.tail_n > 0)
         kld += exp(c_tail) * ((double)s.tail_n * (c_tail + lse) -
                               vd_hsum(widened_sum(s.y_lo, s.y_hi)));
-    }
     out->kld = vm_bits(s.inf) ? INFINITY : kld;
     if (flags & QK_REVERSE) {
-        /* q = e * exp(-(lse - lse_hi)) */
-        double r = vd_hsum(widened_sum(s.r_lo, s.r_hi));
-        if (s.tail_n > 0)
-            r += vd_hsum(widened_sum(s.rt_lo, s.rt_hi)) -
-                 c_tail * vd_hsum(widened_sum(s.re_lo, s.re_hi));
-        out->rkl = exp(-(lse - lse_hi)) * r;
+        /* q = e * exp(-(lse - lse_hi)); the terms' lq is lse - lse_hi too high */
+        const double q_scale = exp(-(lse - lse_hi)), lse_lo = lse - lse_hi;
+        double r = -vd_hsum(widened_sum(s.r_lo, s.r_hi));
+        if (s.tail_n > 0) {
+            const double re = vd_hsum(widened_sum(s.re_lo, s.re_hi)), mlp = h.min_log_prob;
+            /* llama mode's mass is within mass_error: where Q's mass on the
+             * tail makes that error reach a twentieth of the contract, the
+             * tail's log p comes from float64 exps */
+            if (!exact &&
+                tail_error(tail_mass, mass_error(&s.p), (double)s.tail_n, mlp) * q_scale * re >
+                    0.05 * (1e-7 + 1e-6 * fabs(q_scale * (r - (c_tail - mlp) * re) - lse_lo)))
+                c_tail = qk_tail_log_prob(1.0 - mass64(p_row, &h, n), (double)s.tail_n, mlp);
+            r -= (c_tail - mlp) * re;
+        }
+        out->rkl = q_scale * r - lse_lo;
     }
     if (flags & QK_JS)
         out->js = js_of(&s.js, 1.0, -(lse - lse_hi));
@@ -1109,16 +1162,18 @@ typedef struct {
     vd t_lo, t_hi;   /* kept base entries: p * (lp - lq), lq = Q's clip point on its code 0 */
     vf pq;           /* kept base entries on Q's code 0: p (it scales c_q - clip <= 16) */
     vf p32;          /* llama mode, kept base entries: p (for the corrupt-row check) */
-    vd q_lo, q_hi;   /* Q's decoded mass: exp(lq) where its code > 0 (add_mass) */
-    vd p_lo, p_hi;   /* exact mode, kept base entries: p from float64 exps, for the tail */
+    mass_sum q;      /* Q's decoded mass: exp(lq) where its code > 0 (add_mass_g) */
+    mass_sum p;      /* the base's decoded mass (code > 0), for its tail: exact mode from
+                        float64 exps, llama mode with the reverse KL by add_mass_g */
     vd l_lo, l_hi;   /* exact mode, base code 0 on Q's code > 0: lq */
-    int64_t q_tail_n, p_tail_n, p_tail_on_q_tail;
+    int64_t q_tail_n; /* Q's code-0 entries */
+    int64_t p_tail_n, p_tail_on_q_tail; /* exact mode or the reverse KL: the base's code-0
+                                           entries, and those where Q's code is 0 too */
     vf lp_max, lq_max; /* the block's largest decoded log p and log q */
     /* reverse KL, over Q's code > 0 (e = exp(lq)): e * (lq - lp) where the base
-     * has a log p here (llama mode: always, code 0 decoding to its clip point;
-     * exact: code > 0), else e * lq and e (the base's tail log p comes at the
-     * end); over Q's code 0 where the base has a log p: lp (Q's tail comes at
-     * the end) */
+     * has a log p here (code > 0), else e * lq and e (the base's tail log p
+     * comes at the end); over Q's code 0 where the base has a log p: lp (Q's
+     * tail comes at the end) */
     vd r_lo, r_hi, a_lo, a_hi, b_lo, b_hi, l3_lo, l3_hi;
     js_sums js;
 } llama_llama_sums;
@@ -1137,16 +1192,15 @@ QK_INLINE void llama_llama_js(llama_llama_sums *s, const llama_llama_consts *k, 
     js_add_g(&s->js, la, dqp, valid);
 }
 
-QK_INLINE void llama_llama_reverse(llama_llama_sums *s, int exact, const vf *cp, const vf *lp,
-                                   const vf *lq, const vmask *q_live, const vmask *valid,
-                                   vf zero)
+/* Reverse KL's per-entry sums; e = exp(lq), taken for Q's mass. Either
+ * side's code 0 is its clipped tail, in both modes: the base's decoded log p
+ * where its code > 0 (has_lp), else its tail's (c_p, known at the end). */
+QK_INLINE void llama_llama_reverse(llama_llama_sums *s, const vf *cp, const vf *lp, const vf *lq,
+                                   const vf *e, const vmask *q_live, const vmask *valid, vf zero)
 {
-    vf e[QK_G], r[QK_G], a[QK_G], b[QK_G], l3[QK_G];
-    for (int j = 0; j < QK_G; j++)
-        e[j] = lq[j];
-    vf_exp_n(e, QK_G);
+    vf r[QK_G], a[QK_G], b[QK_G], l3[QK_G];
     for (int j = 0; j < QK_G; j++) {
-        const vmask has_lp = exact ? vm_and(valid[j], vf_gt(cp[j], zero)) : valid[j];
+        const vmask has_lp = vm_and(valid[j], vf_gt(cp[j], zero));
         r[j] = vf_keep(vm_and(q_live[j], has_lp), e[j] * (lq[j] - lp[j]));
         const vmask no_lp = vm_andnot(q_live[j], has_lp);
         a[j] = vf_keep(no_lp, e[j] * lq[j]);
@@ -1154,25 +1208,22 @@ QK_INLINE void llama_llama_reverse(llama_llama_sums *s, int exact, const vf *cp,
         l3[j] = vf_keep(vm_andnot(has_lp, q_live[j]), lp[j]);
     }
     add_terms_g(&s->r_lo, &s->r_hi, r);
-    if (exact) {
-        add_terms_g(&s->a_lo, &s->a_hi, a);
-        add_terms_g(&s->b_lo, &s->b_hi, b);
-    }
+    add_terms_g(&s->a_lo, &s->a_hi, a);
+    add_terms_g(&s->b_lo, &s->b_hi, b);
     add_each_g(&s->l3_lo, &s->l3_hi, l3); /* many values near the clip: each widened */
 }
 
 QK_INLINE void llama_llama_step(llama_llama_sums *s, const llama_llama_consts *k, int flags,
                                 const vf *cp, const vf *cq, const vmask *valid)
 {
-    const int exact = flags & QK_EXACT;
+    const int exact = flags & QK_EXACT, reverse = flags & QK_REVERSE;
     vf lp[QK_G], lq[QK_G], eq[QK_G], d[QK_G], t[QK_G], pq[QK_G];
-    vmask q_live[QK_G], keep[QK_G], big = vm_none();
+    vmask q_live[QK_G], keep[QK_G], code[QK_G];
     for (int j = 0; j < QK_G; j++) {
         lp[j] = decode(cp[j], k->sp, k->mp);
         lq[j] = decode(cq[j], k->sq, k->mq);
         q_live[j] = vm_and(valid[j], vf_gt(cq[j], k->zero));
         s->q_tail_n += count(valid[j]) - count(q_live[j]);
-        big = vm_or(big, vm_and(q_live[j], vf_gt(lq[j], vf_set1(-6.0f))));
         /* Q's code-0 entries take its clip point here and their own log q
          * (the tail's, known only at the end) through a float64 correction:
          * the terms stay small when P and Q are alike. */
@@ -1181,35 +1232,41 @@ QK_INLINE void llama_llama_step(llama_llama_sums *s, const llama_llama_consts *k
     }
     s->lp_max = vf_max(max_g(lp), s->lp_max);
     s->lq_max = vf_max(max_g(lq), s->lq_max);
-    if (flags & QK_REVERSE)
-        llama_llama_reverse(s, exact, cp, lp, lq, q_live, valid, k->zero);
+    vf_exp_n(eq, QK_G);
+    add_mass_g(&s->q, q_live, lq, eq);
+    if (reverse)
+        llama_llama_reverse(s, cp, lp, lq, eq, q_live, valid, k->zero);
     if (flags & QK_JS)
         llama_llama_js(s, k, cp, lp, lq, q_live, valid);
-    if (exact) {
+    if (exact || reverse) { /* the base's tail: its code-0 entries */
         for (int j = 0; j < QK_G; j++) {
-            keep[j] = vm_and(valid[j], vf_gt(cp[j], k->zero));
-            const vmask tail = vm_andnot(valid[j], keep[j]);
+            code[j] = vm_and(valid[j], vf_gt(cp[j], k->zero));
+            const vmask tail = vm_andnot(valid[j], code[j]);
             s->p_tail_n += count(tail);
             s->p_tail_on_q_tail += count(vm_andnot(tail, q_live[j]));
-            const vf l = vf_keep(vm_and(tail, q_live[j]), lq[j]);
-            s->l_lo += vf_lo_pd(l);
-            s->l_hi += vf_hi_pd(l);
-            add_mass64(&s->p_lo, &s->p_hi, keep[j], lp[j]);
+            if (exact) {
+                const vf l = vf_keep(vm_and(tail, q_live[j]), lq[j]);
+                s->l_lo += vf_lo_pd(l);
+                s->l_hi += vf_hi_pd(l);
+                add_mass64(&s->p.lo, &s->p.hi, code[j], lp[j]);
+            }
         }
     }
-    /* Q's mass (add_mass, for a whole step: a lane above -6 sends the four
-     * vectors to float64 exps) */
-    if (vm_bits(big)) {
-        for (int j = 0; j < QK_G; j++)
-            add_mass64(&s->q_lo, &s->q_hi, q_live[j], lq[j]);
-    } else {
-        vf_exp_n(eq, QK_G);
-        for (int j = 0; j < QK_G; j++)
-            eq[j] = vf_keep(q_live[j], eq[j]);
-        add_each_g(&s->q_lo, &s->q_hi, eq);
-    }
     if (exact) {
+        for (int j = 0; j < QK_G; j++)
+            keep[j] = code[j];
         vf_exp_n(lp, QK_G);
+    } else if (reverse) {
+        /* the base's decoded mass from every step, as llama_logits_step's */
+        vf e[QK_G];
+        for (int j = 0; j < QK_G; j++) {
+            keep[j] = vm_and(valid[j], vf_gt(lp[j], k->cut));
+            e[j] = lp[j];
+        }
+        vf_exp_n(e, QK_G);
+        add_mass_g(&s->p, code, lp, e);
+        for (int j = 0; j < QK_G; j++)
+            lp[j] = e[j];
     } else {
         vmask any = vm_none();
         for (int j = 0; j < QK_G; j++) {
@@ -1231,53 +1288,40 @@ QK_INLINE void llama_llama_step(llama_llama_sums *s, const llama_llama_consts *k
     s->pq = s->pq + sum_g(pq);
 }
 
-/* How far a tail log p from a mass within QK_MASS_ERR of the float64 one
- * may sit from the tail log p of that float64 mass (0 where the clamp holds
- * it whatever the mass, +inf where 1 - mass may be 0 or below). */
-static inline double tail_error(double mass, double n, double min_log_prob)
+/* Q's code-0 entries where the base has a log p (n3 of them), and where it
+ * is the base's tail too (n4 = p_tail_on_q_tail). */
+QK_INLINE double reverse_n3(const llama_llama_sums *s)
 {
-    const double left = 1.0 - mass;
-    if (left <= QK_MASS_ERR)
-        return INFINITY;
-    if (log((left - QK_MASS_ERR) / n) >= min_log_prob ||
-        log((left + QK_MASS_ERR) / n) <= min_log_prob - 16.0)
-        return 0.0;
-    return log((left + QK_MASS_ERR) / (left - QK_MASS_ERR));
+    return (double)(s->q_tail_n - s->p_tail_on_q_tail);
 }
 
-/* Q's code-0 entries where the base has a log p (n3 of them) and, in exact
- * mode, where it is the base's tail too (n4). */
-QK_INLINE double reverse_n3(const llama_llama_sums *s, int exact)
-{
-    return (double)(s->q_tail_n - (exact ? s->p_tail_on_q_tail : 0));
-}
-
-/* KL(Q||P) from the sums and the two tails' log p (c_q, Q's; c_p, the base's
- * in exact mode): Q's code 0 weighs exp(c_q) each. */
-QK_INLINE double reverse_kl(const llama_llama_sums *s, int exact, double c_q, double c_p)
+/* KL(Q||P) from the sums and the two tails' log p (c_q, Q's; c_p, the
+ * base's): Q's code 0 weighs exp(c_q) each. */
+QK_INLINE double reverse_kl(const llama_llama_sums *s, double c_q, double c_p)
 {
     double r = vd_hsum(widened_sum(s->r_lo, s->r_hi));
     const double l3 = vd_hsum(widened_sum(s->l3_lo, s->l3_hi));
     if (s->q_tail_n > 0)
-        r += exp(c_q) * (reverse_n3(s, exact) * c_q - l3);
-    if (exact) {
-        r += vd_hsum(widened_sum(s->a_lo, s->a_hi)) - c_p * vd_hsum(widened_sum(s->b_lo, s->b_hi));
-        if (s->p_tail_on_q_tail > 0)
-            r += exp(c_q) * (double)s->p_tail_on_q_tail * (c_q - c_p);
-    }
+        r += exp(c_q) * (reverse_n3(s) * c_q - l3);
+    r += vd_hsum(widened_sum(s->a_lo, s->a_hi)) - c_p * vd_hsum(widened_sum(s->b_lo, s->b_hi));
+    if (s->p_tail_on_q_tail > 0)
+        r += exp(c_q) * (double)s->p_tail_on_q_tail * (c_q - c_p);
     return r;
 }
 
-/* How fast reverse_kl moves with c_q (for the tail's error bound). */
-QK_INLINE double reverse_tail_slope(const llama_llama_sums *s, int exact, double c_q, double c_p)
+/* How fast reverse_kl moves with c_q and with c_p (for the tails' error
+ * bounds). */
+QK_INLINE double reverse_slope_q(const llama_llama_sums *s, double c_q, double c_p)
 {
     if (s->q_tail_n == 0)
         return 0.0;
-    const double n3 = reverse_n3(s, exact), l3 = vd_hsum(widened_sum(s->l3_lo, s->l3_hi));
-    double slope = exp(c_q) * (n3 * c_q - l3 + n3);
-    if (exact)
-        slope += exp(c_q) * (double)s->p_tail_on_q_tail * (c_q - c_p + 1.0);
-    return slope;
+    const double n3 = reverse_n3(s), l3 = vd_hsum(widened_sum(s->l3_lo, s->l3_hi));
+    return exp(c_q) * (n3 * c_q - l3 + n3 + (double)s->p_tail_on_q_tail * (c_q - c_p + 1.0));
+}
+
+QK_INLINE double reverse_slope_p(const llama_llama_sums *s, double c_q)
+{
+    return -(vd_hsum(widened_sum(s->b_lo, s->b_hi)) + exp(c_q) * (double)s->p_tail_on_q_tail);
 }
 
 QK_INLINE void llama_llama_row(const uint16_t *p_row, const uint16_t *q_row, int64_t n, int64_t tok,
@@ -1298,10 +1342,8 @@ QK_INLINE void llama_llama_row(const uint16_t *p_row, const uint16_t *q_row, int
     const llama_llama_consts k = {vf_set1(hp.scale), vf_set1(hp.min_log_prob), vf_set1(hq.scale),
                                   vf_set1(hq.min_log_prob), vf_set1(-16.0f), vf_set1(0.0f),
                                   vf_set1((float)js_cp), vf_set1((float)js_cq)};
-    const vd z = vd_set1(0.0);
-    const vf zf = vf_set1(0.0f);
-    llama_llama_sums s = {z, z, zf, zf, z, z, z, z, z, z, 0, 0, 0, zf, zf,
-                          z, z, z, z, z, z, z, z, {z, z, z, z}};
+    llama_llama_sums s;
+    memset(&s, 0, sizeof s); /* every sum 0.0, every count 0 */
     qk_topk tp = {0};
     qk_topk tq = {0}, bp = {0}, bq = {0};
     for (int64_t b = 0; b < n; b += QK_BLOCK) {
@@ -1335,8 +1377,8 @@ QK_INLINE void llama_llama_row(const uint16_t *p_row, const uint16_t *q_row, int
     const double q_n = (double)s.q_tail_n, mq = hq.min_log_prob;
     const double s_t = vd_hsum(widened_sum(s.t_lo, s.t_hi));
     const double s_pq = vd_hsum(widened_sum(vf_lo_pd(s.pq), vf_hi_pd(s.pq)));
-    double q_mass = vd_hsum(widened_sum(s.q_lo, s.q_hi));
-    const double p_mass = exact ? vd_hsum(widened_sum(s.p_lo, s.p_hi))
+    double q_mass = mass_of(&s.q);
+    const double p_mass = exact ? mass_of(&s.p)
                                 : vd_hsum(widened_sum(vf_lo_pd(s.p32), vf_hi_pd(s.p32)));
     if (qk_row_corrupt(&hp, qk_topk_best(&tp), p_mass, p_row, n))
         out->status |= QK_P_CORRUPT;
@@ -1344,10 +1386,14 @@ QK_INLINE void llama_llama_row(const uint16_t *p_row, const uint16_t *q_row, int
         out->status |= QK_Q_CORRUPT;
     if (out->status)
         return;
-    double c_p = 0.0, w_p = 0.0; /* exact mode: the base's tail log p; its mass on Q's code 0 */
+    /* the base's tail log p (exact mode, or the reverse KL in either: llama
+     * mode's mass then within mass_error), and in exact mode its mass on
+     * Q's code 0 */
+    const double p_tail_mass = mass_of(&s.p);
+    double c_p = 0.0, w_p = 0.0;
     if (s.p_tail_n > 0) {
-        c_p = qk_tail_log_prob(1.0 - p_mass, (double)s.p_tail_n, hp.min_log_prob);
-        w_p = exp(c_p) * (double)s.p_tail_on_q_tail;
+        c_p = qk_tail_log_prob(1.0 - p_tail_mass, (double)s.p_tail_n, hp.min_log_prob);
+        w_p = exact ? exp(c_p) * (double)s.p_tail_on_q_tail : 0.0;
     }
     const uint16_t cp_tok = qk_code(p_row, tok), cq_tok = qk_code(q_row, tok);
     double c_q = 0.0;
@@ -1356,24 +1402,30 @@ QK_INLINE void llama_llama_row(const uint16_t *p_row, const uint16_t *q_row, int
          * base's mass on Q's code 0, or the token's own NLL) could reach a
          * twentieth of what the contract allows: then from float64 exps. */
         c_q = qk_tail_log_prob(1.0 - q_mass, q_n, mq);
-        const double err = tail_error(q_mass, q_n, mq);
+        const double err = tail_error(q_mass, mass_error(&s.q), q_n, mq);
         const double kld_guess = fabs(s_t - (c_q - mq) * s_pq);
         if (err * (s_pq + w_p) > 0.05 * (1e-7 + 1e-6 * kld_guess) ||
             (cq_tok == 0 && err > 0.05 * (1e-7 + 1e-7 * fabs(c_q))) ||
-            ((flags & QK_REVERSE) && err * fabs(reverse_tail_slope(&s, exact, c_q, c_p)) >
-                                         0.05 * (1e-7 + 1e-6 * fabs(reverse_kl(&s, exact, c_q,
-                                                                               c_p))))) {
+            ((flags & QK_REVERSE) && err * fabs(reverse_slope_q(&s, c_q, c_p)) >
+                                         0.05 * (1e-7 + 1e-6 * fabs(reverse_kl(&s, c_q, c_p))))) {
             q_mass = mass64(q_row, &hq, n);
             c_q = qk_tail_log_prob(1.0 - q_mass, q_n, mq);
         }
     }
+    /* the same rule for the base's tail in llama mode, which only the
+     * reverse KL reads */
+    if (!exact && (flags & QK_REVERSE) && s.p_tail_n > 0 &&
+        tail_error(p_tail_mass, mass_error(&s.p), (double)s.p_tail_n, hp.min_log_prob) *
+                fabs(reverse_slope_p(&s, c_q)) >
+            0.05 * (1e-7 + 1e-6 * fabs(reverse_kl(&s, c_q, c_p))))
+        c_p = qk_tail_log_prob(1.0 - mass64(p_row, &hp, n), (double)s.p_tail_n, hp.min_log_prob);
     double kld = s_t - (c_q - mq) * s_pq;
-    if (s.p_tail_n > 0)
+    if (exact && s.p_tail_n > 0)
         kld += exp(c_p) * ((double)s.p_tail_n * c_p - vd_hsum(widened_sum(s.l_lo, s.l_hi))) -
                w_p * c_q;
     out->kld = kld;
     if (flags & QK_REVERSE)
-        out->rkl = reverse_kl(&s, exact, c_q, c_p);
+        out->rkl = reverse_kl(&s, c_q, c_p);
     if (js)
         out->js = js_of(&s.js, 1.0, 0.0);
     out->nll_q = cq_tok ? -(double)qk_decode(&hq, cq_tok) : -c_q;

@@ -63,9 +63,8 @@ typedef struct {
     int32_t rank;  /* rank of top_p in Q (0 = same top), QK_TOPK_MAX if not in Q's top 10 */
     int32_t status;
     double p_top;  /* P's largest probability, the top-1 token's */
-    double rkl;    /* KL(Q||P) in nats with QK_REVERSE (else 0): the full sum in both modes;
-                      a dump's log p is as decoded in llama mode (code 0: its clip point),
-                      the clipped tail's for code 0 in exact mode (always, for Q) */
+    double rkl;    /* KL(Q||P) in nats with QK_REVERSE (else 0): the full sum, the same in
+                      both modes; a dump's code 0 (either side's) is its clipped tail */
     double js;     /* JS(P, Q) = (KL(P||M) + KL(Q||M)) / 2, M = (P + Q) / 2, in nats with QK_JS
                       (else 0): the full sum, the same in both modes, a dump's code 0
                       its clipped tail (the base's where q > 0) */

@@ -519,8 +519,9 @@ def build_parser() -> argparse.ArgumentParser:
                          help="exact KL sum (no -16 cut; a dump's code 0 is its clipped tail) "
                               "instead of llama-perplexity's")
     scoring.add_argument("--reverse-kl", action="store_true",
-                         help="also the reverse KL, KL(quant || base), per token (costs an exp "
-                              "per entry: 15-35 %% of the kernel rate)")
+                         help="also the reverse KL, KL(quant || base), per token, a dump's "
+                              "code 0 read as its clipped tail (costs an exp per entry: 15-40 %% "
+                              "of the kernel rate)")
     scoring.add_argument("--js", action="store_true",
                          help="also the Jensen-Shannon divergence per token (an exp, an expm1 and a "
                               "log per entry: about half the kernel rate)")

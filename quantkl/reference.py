@@ -142,25 +142,19 @@ def score_rows(base, other, tokens, mode: str = "llama") -> Dict[str, np.ndarray
         p_top = np.exp(lp[rows, top_p])
     with np.errstate(invalid="ignore"):
         terms = np.where(kept & q_finite, p * (lp - lq), 0.0)
-    # reverse KL, the full sum: the base's log p as the mode reads it (a
-    # dump's decoded value in llama mode, code 0 its clip point; its tail in
-    # exact mode), Q's where q > 0 (a dump's code 0: its tail)
-    if isinstance(base, LlamaRows):
-        lp_rev = decode_llama(base)[1] if mode == "llama" else lp
-    else:
-        lp_rev = lp
+    # reverse KL and Jensen-Shannon, the full sums, the same in both modes: a
+    # dump's code 0 is its clipped tail (the base's where q > 0, as exact
+    # mode reads it), on either side
+    lp_full = llama_base(base, "exact", q_finite)[1] if isinstance(base, LlamaRows) else lp
     q = np.exp(lq)
     with np.errstate(invalid="ignore"):
-        rterms = np.where(q_finite, q * (lq - lp_rev), 0.0)
+        rterms = np.where(q_finite, q * (lq - lp_full), 0.0)
     rkl = rterms.sum(axis=1)
-    rkl[np.any(q_finite & (lp_rev == -np.inf), axis=1)] = np.inf
-    # Jensen-Shannon, the full sum, the same in both modes: a dump's code 0
-    # is its clipped tail (the base's where q > 0, as exact mode reads it)
-    lp_js = llama_base(base, "exact", q_finite)[1] if isinstance(base, LlamaRows) else lp
-    p_js = np.exp(lp_js)
+    rkl[np.any(q_finite & (lp_full == -np.inf), axis=1)] = np.inf
+    p_full = np.exp(lp_full)
     with np.errstate(invalid="ignore"):
-        log_mix = np.logaddexp(lp_js, lq) - np.log(2.0)
-        jterms = (np.where(p_js > 0, p_js * (lp_js - log_mix), 0.0)
+        log_mix = np.logaddexp(lp_full, lq) - np.log(2.0)
+        jterms = (np.where(p_full > 0, p_full * (lp_full - log_mix), 0.0)
                   + np.where(q > 0, q * (lq - log_mix), 0.0))
     js = 0.5 * jterms.sum(axis=1)
     kld = terms.sum(axis=1)

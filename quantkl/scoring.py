@@ -213,9 +213,10 @@ def score(base: Distributions, other: Distributions, tokens: object, *, mode: st
     threads: rows are scored in parallel; default all available cores.
     reverse: also KL(other || base) per token (``rkl``; an exp per entry more).
     js: also the Jensen-Shannon divergence per token (``js``; an exp, an
-        expm1 and a log per entry more). Both are full sums in either mode;
-        see README "Beyond llama-perplexity's block" (under "The command")
-        for how a dump's code 0 is read.
+        expm1 and a log per entry more). Both are full sums, the same in
+        either mode, with a dump's code 0 (on either side) read as its
+        clipped tail; see README "Beyond llama-perplexity's block" (under
+        "The command") for what that means.
     """
     s = Scorer(mode=mode, topk=topk, threads=threads, reverse=reverse, js=js)
     s.update(base, other, tokens)

@@ -367,6 +367,26 @@ def test_every_compiled_path_is_listed():
         assert names == ["avx512", "avx2", "portable"]
 
 
+def test_reverse_kl_reads_a_dump_the_same_in_both_modes(kernel_path, rng):
+    """The reverse KL takes a dump's code 0 as its clipped tail in llama mode
+    too, so the two modes give the same value for a dump base (llama mode's
+    cut is the forward KL's alone); reading code 0 at the clip point instead
+    would move it by far more than the contract."""
+    v, n = 49153, 4
+    x = make_logits(rng, n, v, "wide").astype(np.float32)
+    y = perturb(rng, x, "wide").astype(np.float32)
+    tok = rng.integers(0, v, n)
+    base, _ = quantkl.encode_llama_rows(x, tok)
+    other, _ = quantkl.encode_llama_rows(y, tok)
+    for o, lq in ((y, reference.log_softmax(y.astype(np.float64))),
+                  (other, reference.llama_other(other))):
+        llama = quantkl.score_rows(base, o, tok, reverse=True).rkl
+        exact = quantkl.score_rows(base, o, tok, mode="exact", reverse=True).rkl
+        assert np.all(np.abs(llama - exact) <= 2 * (1e-7 + 1e-6 * exact))
+        at_clip = np.sum(np.exp(lq) * (lq - reference.decode_llama(base)[1]), axis=1)
+        assert np.all(np.abs(llama - at_clip) > 100 * (1e-7 + 1e-6 * exact))
+
+
 def test_reverse_kl_and_js_change_nothing_else(kernel_path, rng):
     x = make_logits(rng, 5, 30001, "wide").astype(np.float32)
     y = perturb(rng, x, "wide").astype(np.float32)
