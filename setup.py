@@ -1,10 +1,12 @@
 """Build of the quantkl extension: Cython over the C kernels in csrc/.
 
-csrc/kernels.c is compiled once per instruction set: as a portable baseline
-with the extension's own sources, and again for AVX2+FMA and for AVX-512 on
-x86-64 compilers that accept those flags, each copy into its own object
-directory with QK_ISA_<SET> defined; dispatch.c learns which copies exist
-from QK_HAVE_<SET> and picks one at run time from what the CPU reports.
+csrc/kernels.c is compiled once per instruction set: as a portable baseline,
+and again for AVX2+FMA and for AVX-512 on x86-64 compilers that accept those
+flags, each copy into its own object directory with QK_ISA_<SET> defined;
+dispatch.c learns which copies exist from QK_HAVE_<SET> and picks one at run
+time from what the CPU reports. The copies are compiled side by side, one
+per core (each takes minutes: kernels.c holds a copy of each kernel per
+dtype and mode); QUANTKL_BUILD_JOBS caps how many at once.
 
 OpenMP is used when the compiler accepts -fopenmp and left out otherwise (the
 row loops then run on one thread). Nothing is built with fast-math or with FP
@@ -16,6 +18,7 @@ import platform
 import shutil
 import sys
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 
 from Cython.Build import cythonize
 from setuptools import Extension, setup
@@ -71,26 +74,34 @@ class BuildExt(build_ext):
         for ext in self.extensions:
             ext.extra_compile_args = BASE_FLAGS + (["-fopenmp"] if omp else [])
             ext.extra_link_args = ["-fopenmp"] if omp else []
-            ext.extra_objects = []
-            for isa, (flags, probe) in ISAS.items():
+            copies = []  # widest first: the longest compiles start first
+            for isa, (flags, probe) in reversed(ISAS.items()):
                 if not (is_x86() and compiles(self.compiler,
                                               "#include <immintrin.h>\n" + probe + "\n", flags)):
                     print(f"quantkl: this compiler cannot target {isa}; that kernel path is left "
                           f"out", file=sys.stderr)
                     continue
-                ext.extra_objects += self.compiler.compile(
-                    [KERNELS], output_dir=os.path.join(self.build_temp, isa),
-                    macros=[(f"QK_ISA_{isa.upper()}", "1")], include_dirs=["csrc"],
-                    extra_postargs=BASE_FLAGS + flags, depends=HEADERS)
+                copies.append((isa, [(f"QK_ISA_{isa.upper()}", "1")], flags))
                 ext.define_macros.append((f"QK_HAVE_{isa.upper()}", "1"))
+            copies.append(("portable", [], []))
+
+            def compile_copy(copy):
+                name, macros, flags = copy
+                return self.compiler.compile(
+                    [KERNELS], output_dir=os.path.join(self.build_temp, name), macros=macros,
+                    include_dirs=["csrc"], extra_postargs=BASE_FLAGS + flags,
+                    depends=HEADERS)
+
+            jobs = int(os.environ.get("QUANTKL_BUILD_JOBS", "0")) or os.cpu_count() or 1
+            with ThreadPoolExecutor(max_workers=max(1, min(jobs, len(copies)))) as pool:
+                ext.extra_objects = [o for objs in pool.map(compile_copy, copies) for o in objs]
         super().build_extensions()
 
 
 extensions = [
     Extension(
         "quantkl._kernels",
-        sources=["quantkl/_kernels.pyx", "csrc/dispatch.c", "csrc/guard.c", KERNELS,
-                 "csrc/llama_loop.c"],
+        sources=["quantkl/_kernels.pyx", "csrc/dispatch.c", "csrc/guard.c", "csrc/llama_loop.c"],
         include_dirs=["csrc"],
         depends=HEADERS + [KERNELS],
     )
