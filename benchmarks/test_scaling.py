@@ -6,7 +6,7 @@ import pytest
 
 import quantkl
 from quantkl.arrays import thread_count
-from quantkl.bench import best_time, lm_like_logits, perturbed
+from quantkl.bench import best_time, lm_like_logits, next_tokens, perturbed
 from quantkl.dumpfile import LogitDump, LogitDumpWriter
 from quantkl.evaluation import compare_dumps
 
@@ -16,7 +16,7 @@ VOCAB, ROWS = 151936, 255
 @pytest.fixture(scope="module")
 def rows():
     x = lm_like_logits(ROWS, VOCAB)
-    tok = np.zeros(ROWS, np.int64)
+    tok = next_tokens(x)
     return quantkl.encode_llama_rows(x, tok)[0], perturbed(x), tok
 
 
@@ -52,7 +52,9 @@ def two_dumps(tmp_path_factory):
     """Two 2.1 GB dumps of the same tokens: 27 chunks of 255 rows at vocab 151,936."""
     n_ctx, n_chunk = 512, 27
     x = lm_like_logits(ROWS, VOCAB)
-    toks = np.random.default_rng(3).integers(0, VOCAB, n_ctx * n_chunk)
+    toks = np.random.default_rng(3).integers(0, VOCAB, (n_chunk, n_ctx))
+    toks[:, n_ctx - ROWS:] = next_tokens(x)  # every chunk holds the same scored rows
+    toks = toks.ravel()
     d = tmp_path_factory.mktemp("dumps")
     paths = []
     for name, logits in (("base", x), ("quant", perturbed(x))):
