@@ -150,39 +150,36 @@ def best_time(fn: Callable[[], object], repeat: int = 3) -> float:
     return best
 
 
-def measure(w: Workload, repeat: int = 3, llama_times: Optional[dict] = None) -> Dict[str, object]:
-    """Rates of one workload and its yardsticks. Workloads share one llama.cpp
-    loop: pass the same dict as llama_times to time it once."""
-    t = best_time(w.run, repeat)
-    t_ref = best_time(w.run_reference, 1)
-    llama_times = {} if llama_times is None else llama_times
-    if w.run_llama not in llama_times:
-        llama_times[w.run_llama] = best_time(w.run_llama, repeat)
-    t_llama = llama_times[w.run_llama]
-    rate = w.n_entries / t / 1e6
-    ref = w.n_entries / t_ref / 1e6
-    llama = w.n_entries / t_llama / 1e6
-    return {"name": w.name, "mode": w.mode, "rate_M_per_s": rate,
-            "GB_per_s": rate * w.bytes_per_entry / 1e3,
-            "reference_rate_M_per_s": ref, "ratio": rate / ref,
-            "llama_loop_rate_M_per_s": llama, "llama_loop_ratio": rate / llama}
-
-
-def thread_scaling(vocab: int = 151936, rows: int = 255, repeat: int = 5) -> Dict[str, float]:
-    """u16 x f32 rate on 1 and on 2 threads, alternating on the same arrays so
-    that both see the same machine (a noisy neighbour hits both alike)."""
-    x = lm_like_logits(rows, vocab)
-    y = perturbed(x)
-    tok = next_tokens(x)
-    base = encode_llama_rows(x, tok)[0]
-    best = {1: float("inf"), 2: float("inf")}
-    for _ in range(repeat):
-        for th in (1, 2):
+def measure_all(ws: List[Workload], rounds: int = 5,
+                on_round: Optional[Callable[[int, int], None]] = None) -> List[Dict[str, object]]:
+    """Rates of every workload and its yardsticks. The kernels and llama.cpp's
+    loops are timed round-robin, each once per round (after one warm-up), and
+    each keeps its best round: on a shared machine a noisy spell then slows
+    every kernel of a round alike instead of one kernel's repeats, so the
+    ratios between kernels, and to llama.cpp's loop, hold. The numpy
+    baselines, 5 to 100 times slower, run once each."""
+    loops = list(dict.fromkeys(w.run_llama for w in ws))
+    timed = [w.run for w in ws] + loops
+    best = {id(f): float("inf") for f in timed}
+    for f in timed:
+        f()
+    for r in range(rounds):
+        for f in timed:
             t = time.perf_counter()
-            score_rows(base, y, tok, threads=th)
-            best[th] = min(best[th], time.perf_counter() - t)
-    r1, r2 = rows * vocab / best[1] / 1e6, rows * vocab / best[2] / 1e6
-    return {"rate_1_thread": r1, "rate_2_threads": r2, "speedup": r2 / r1}
+            f()
+            best[id(f)] = min(best[id(f)], time.perf_counter() - t)
+        if on_round is not None:
+            on_round(r + 1, rounds)
+    out = []
+    for w in ws:
+        rate = w.n_entries / best[id(w.run)] / 1e6
+        ref = w.n_entries / best_time(w.run_reference, 1) / 1e6
+        llama = w.n_entries / best[id(w.run_llama)] / 1e6
+        out.append({"name": w.name, "mode": w.mode, "rate_M_per_s": rate,
+                    "GB_per_s": rate * w.bytes_per_entry / 1e3,
+                    "reference_rate_M_per_s": ref, "ratio": rate / ref,
+                    "llama_loop_rate_M_per_s": llama, "llama_loop_ratio": rate / llama})
+    return out
 
 
 def machine() -> Dict[str, object]:

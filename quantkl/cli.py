@@ -46,11 +46,11 @@ def check_new_file(path: str, force: bool) -> None:
 class Progress:
     """A tqdm bar on stderr, silent when quiet or when stderr is not a terminal."""
 
-    def __init__(self, quiet: bool, desc: str):
+    def __init__(self, quiet: bool, desc: str, unit: str = "chunk"):
         self.bar = None
         if not quiet and sys.stderr.isatty():
             from tqdm import tqdm
-            self.bar = tqdm(desc=desc, unit="chunk", file=sys.stderr, leave=False)
+            self.bar = tqdm(desc=desc, unit=unit, file=sys.stderr, leave=False)
 
     def __call__(self, done: int, total: int) -> None:
         if self.bar is not None:
@@ -322,7 +322,7 @@ def cmd_quantize(args) -> int:
 
 def cmd_bench(args) -> int:
     import json
-    from .bench import KERNELS, bytes_needed, machine, measure, workloads
+    from .bench import KERNELS, bytes_needed, machine, measure_all, workloads
     kernels = args.kernels.split(",") if args.kernels else list(KERNELS)
     unknown = [k for k in kernels if k not in KERNELS]
     if unknown:
@@ -333,7 +333,12 @@ def cmd_bench(args) -> int:
         raise ValueError(f"--vocab {args.vocab} x --rows {args.rows} needs about "
                          f"{need / 2**30:.1f} GiB of arrays; this machine has "
                          f"{have / 2**30:.1f} GiB")
-    results, llama_times = [], {}
+    progress = Progress(args.quiet or args.json, "timing", unit="round")
+    try:
+        results = measure_all(workloads(args.vocab, args.rows, args.threads, kernels),
+                              on_round=progress)
+    finally:
+        progress.close()
     if not args.json:
         m = machine()
         print(f"{m['cpu']}, {m['cores']} cores, AVX-512 {'yes' if m['avx512'] else 'no'}, "
@@ -341,15 +346,12 @@ def cmd_bench(args) -> int:
               f"threads {args.threads or m['cores']}")
         print(f"{'kernel':<10} {'mode':<6} {'quantkl M/s':>12} {'numpy M/s':>10} {'x numpy':>8} "
               f"{'llama.cpp M/s':>14} {'x llama.cpp':>12} {'GB/s':>6}")
-    for w in workloads(args.vocab, args.rows, args.threads, kernels):
-        r = measure(w, llama_times=llama_times)
-        results.append(r)
-        if not args.json:
+        for r in results:
             print(f"{r['name']:<10} {r['mode']:<6} {r['rate_M_per_s']:12.1f} "
                   f"{r['reference_rate_M_per_s']:10.1f} {r['ratio']:7.1f}x "
                   f"{r['llama_loop_rate_M_per_s']:14.1f} {r['llama_loop_ratio']:11.1f}x "
-                  f"{r['GB_per_s']:6.2f}", flush=True)
-    if args.json:
+                  f"{r['GB_per_s']:6.2f}")
+    else:
         print(json.dumps({"machine": machine(), "vocab": args.vocab, "rows": args.rows,
                           "threads": args.threads, "kernels": results}, indent=2))
     return EXIT_OK
