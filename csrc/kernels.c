@@ -548,8 +548,8 @@ typedef struct {
     vd t_lo, t_hi;   /* kept base entries: p * ((lp - (y - Y)) + lse_hi) */
     vf p32;          /* llama mode, kept base entries: p (it only scales lse's float32
                         rounding, < 5e-7: float32 sums are ample) */
-    mass_sum p;      /* the base's decoded mass (code > 0), for its tail: exact mode from
-                        float64 exps, llama mode with the reverse KL by add_mass_g */
+    mass_sum p;      /* the base's decoded mass (code > 0), for its tail (exact mode, or
+                        the reverse KL): add_mass_g's */
     vd y_lo, y_hi;   /* exact mode, tail entries (code 0, y finite): y - Y */
     int64_t tail_n;  /* exact mode or the reverse KL: code-0 entries where y is finite */
     vmask inf;       /* exact mode, kept base entries where y is -inf: the KL is infinite */
@@ -621,19 +621,25 @@ QK_INLINE void llama_logits_step(llama_logits_sums *s, const llama_logits_consts
         llama_logits_reverse(s, k, c, y, d, valid);
     s->lp_max = vf_max(max_g(lp), s->lp_max); /* lanes past the end: the row's minimum */
     if (exact) {
+        vf e[QK_G];
+        vmask code[QK_G];
         for (int j = 0; j < QK_G; j++) {
-            const vmask finite_y = vf_gt(y[j], k->ninf), code = vf_gt(c[j], k->zero);
-            const vmask tail = vm_andnot(vm_and(valid[j], finite_y), code);
+            const vmask finite_y = vf_gt(y[j], k->ninf);
+            code[j] = vm_and(valid[j], vf_gt(c[j], k->zero));
+            const vmask tail = vm_andnot(vm_and(valid[j], finite_y), code[j]);
             s->tail_n += count(tail);
             const vf ty = vf_keep(tail, y[j] - k->ymax);
             s->y_lo += vf_lo_pd(ty);
             s->y_hi += vf_hi_pd(ty);
-            s->inf = vm_or(s->inf, vm_andnot(vm_and(valid[j], code), finite_y));
-            add_mass64(&s->p.lo, &s->p.hi, vm_and(valid[j], code), lp[j]);
+            s->inf = vm_or(s->inf, vm_andnot(code[j], finite_y));
             /* p may underflow here, and 0 * inf must not make a NaN */
-            keep[j] = vm_and(vm_and(valid[j], code), finite_y);
+            keep[j] = vm_and(code[j], finite_y);
+            e[j] = lp[j];
         }
-        vf_exp_n(lp, QK_G);
+        vf_exp_n(e, QK_G);
+        add_mass_g(&s->p, code, lp, e);
+        for (int j = 0; j < QK_G; j++)
+            lp[j] = e[j];
     } else if (flags & QK_REVERSE) {
         /* the reverse KL reads the base's code 0 as its clipped tail: the
          * decoded mass of every step, not only of those the cut keeps
@@ -834,42 +840,52 @@ QK_INLINE void llama_logits_row(const uint16_t *p_row, const void *q, int dt, pt
         return;
     }
     double kld = vd_hsum(widened_sum(s.t_lo, s.t_hi)) + (lse - lse_hi) * sum_p;
-    /* the base's tail (exact mode, or the reverse KL in either) */
-    const double tail_mass = mass_of(&s.p);
-    double c_tail = -INFINITY;
-    if (s.tail_n > 0)
-        c_tail = qk_tail_log_prob(1.0 - tail_mass, (double)s.tail_n, h.min_log_prob);
-    if (exact && s.tail_n > 0)
-        kld += exp(c_tail) * ((double)s.tail_n * (c_tail + lse) -
-                              vd_hsum(widened_sum(s.y_lo, s.y_hi)));
-    out->kld = vm_bits(s.inf) ? INFINITY : kld;
-    if (flags & QK_REVERSE) {
-        /* q = e * exp(-(lse - lse_hi)); the terms' lq is lse - lse_hi too high */
-        const double q_scale = exp(-(lse - lse_hi)), lse_lo = lse - lse_hi;
-        double r = -vd_hsum(widened_sum(s.r_lo, s.r_hi));
-        if (s.tail_n > 0) {
-            const double re = vd_hsum(widened_sum(s.re_lo, s.re_hi)), mlp = h.min_log_prob;
-            /* llama mode's mass is within mass_error: where Q's mass on the
-             * tail makes that error reach a twentieth of the contract, the
-             * tail's log p comes from float64 exps */
-            if (!exact &&
-                tail_error(tail_mass, mass_error(&s.p), (double)s.tail_n, mlp) * q_scale * re >
-                    0.05 * (1e-7 + 1e-6 * fabs(q_scale * (r - (c_tail - mlp) * re) - lse_lo)))
-                c_tail = qk_tail_log_prob(1.0 - mass64(p_row, &h, n), (double)s.tail_n, mlp);
-            r -= (c_tail - mlp) * re;
-        }
-        out->rkl = q_scale * r - lse_lo;
-    }
-    if (flags & QK_JS)
-        out->js = js_of(&s.js, 1.0, -(lse - lse_hi));
     const float y_tok = qk_logit_at(q, dt, st, tok);
     const uint16_t c_tok = qk_code(p_row, tok);
+    /* The base's tail (exact mode, or the reverse KL in either): its log p
+     * from add_mass_g's mass, within mass_error of the float64 one; where
+     * that error, through what reads the tail (the exact KL's tail terms,
+     * the token's NLL, Q's mass there), could reach a twentieth of the
+     * contract, from float64 exps instead. q = e * exp(-(lse - lse_hi)): the
+     * reverse terms' lq is lse - lse_hi too high. */
+    const double q_scale = exp(-(lse - lse_hi)), lse_lo = lse - lse_hi, mlp = h.min_log_prob;
+    const double tail_n = (double)s.tail_n, ys = vd_hsum(widened_sum(s.y_lo, s.y_hi));
+    const double re = vd_hsum(widened_sum(s.re_lo, s.re_hi));
+    double r = -vd_hsum(widened_sum(s.r_lo, s.r_hi));
+    if (s.tail_n > 0) {
+        const double mass = mass_of(&s.p), err = tail_error(mass, mass_error(&s.p), tail_n, mlp);
+        double c_tail = qk_tail_log_prob(1.0 - mass, tail_n, mlp);
+        int precise = 0;
+        if (exact) {
+            const double w = exp(c_tail), tail_kld = w * (tail_n * (c_tail + lse) - ys);
+            precise = err * fabs(w * (tail_n * (c_tail + lse + 1.0) - ys)) >
+                          0.05 * (1e-7 + 1e-6 * fabs(kld + tail_kld)) ||
+                      (c_tok == 0 && y_tok > -INFINITY &&
+                       err > 0.05 * (1e-7 + 1e-7 * fabs(c_tail)));
+        }
+        if (flags & QK_REVERSE)
+            precise = precise ||
+                      err * q_scale * re >
+                          0.05 * (1e-7 + 1e-6 * fabs(q_scale * (r - (c_tail - mlp) * re) - lse_lo));
+        if (precise)
+            c_tail = qk_tail_log_prob(1.0 - mass64(p_row, &h, n), tail_n, mlp);
+        if (exact)
+            kld += exp(c_tail) * (tail_n * (c_tail + lse) - ys);
+        if (exact && c_tok == 0 && y_tok > -INFINITY)
+            out->nll_p = -c_tail;
+        r -= (c_tail - mlp) * re;
+    }
+    out->kld = vm_bits(s.inf) ? INFINITY : kld;
+    if (flags & QK_REVERSE)
+        out->rkl = q_scale * r - lse_lo;
+    if (flags & QK_JS)
+        out->js = js_of(&s.js, 1.0, -(lse - lse_hi));
     out->nll_q = ((double)nq.max + lse) - y_tok;
     out->nll_q_llama = llama_nll(nq.max, lse, y_tok);
-    if (exact && c_tok == 0)
-        out->nll_p = y_tok > -INFINITY ? -c_tail : INFINITY;
-    else
+    if (!(exact && c_tok == 0)) /* else the tail's, above */
         out->nll_p = -(double)qk_decode(&h, c_tok);
+    else if (!(y_tok > -INFINITY))
+        out->nll_p = INFINITY;
     qk_set_tops(out, &tp, &tq, exp((double)tp.val[0]));
 }
 
@@ -1163,8 +1179,8 @@ typedef struct {
     vf pq;           /* kept base entries on Q's code 0: p (it scales c_q - clip <= 16) */
     vf p32;          /* llama mode, kept base entries: p (for the corrupt-row check) */
     mass_sum q;      /* Q's decoded mass: exp(lq) where its code > 0 (add_mass_g) */
-    mass_sum p;      /* the base's decoded mass (code > 0), for its tail: exact mode from
-                        float64 exps, llama mode with the reverse KL by add_mass_g */
+    mass_sum p;      /* the base's decoded mass (code > 0), for its tail (exact mode, or
+                        the reverse KL): add_mass_g's */
     vd l_lo, l_hi;   /* exact mode, base code 0 on Q's code > 0: lq */
     int64_t q_tail_n; /* Q's code-0 entries */
     int64_t p_tail_n, p_tail_on_q_tail; /* exact mode or the reverse KL: the base's code-0
@@ -1248,19 +1264,14 @@ QK_INLINE void llama_llama_step(llama_llama_sums *s, const llama_llama_consts *k
                 const vf l = vf_keep(vm_and(tail, q_live[j]), lq[j]);
                 s->l_lo += vf_lo_pd(l);
                 s->l_hi += vf_hi_pd(l);
-                add_mass64(&s->p.lo, &s->p.hi, code[j], lp[j]);
             }
         }
     }
-    if (exact) {
-        for (int j = 0; j < QK_G; j++)
-            keep[j] = code[j];
-        vf_exp_n(lp, QK_G);
-    } else if (reverse) {
+    if (exact || reverse) {
         /* the base's decoded mass from every step, as llama_logits_step's */
         vf e[QK_G];
         for (int j = 0; j < QK_G; j++) {
-            keep[j] = vm_and(valid[j], vf_gt(lp[j], k->cut));
+            keep[j] = exact ? code[j] : vm_and(valid[j], vf_gt(lp[j], k->cut));
             e[j] = lp[j];
         }
         vf_exp_n(e, QK_G);
@@ -1386,9 +1397,8 @@ QK_INLINE void llama_llama_row(const uint16_t *p_row, const uint16_t *q_row, int
         out->status |= QK_Q_CORRUPT;
     if (out->status)
         return;
-    /* the base's tail log p (exact mode, or the reverse KL in either: llama
-     * mode's mass then within mass_error), and in exact mode its mass on
-     * Q's code 0 */
+    /* the base's tail log p (exact mode, or the reverse KL in either), from
+     * a mass within mass_error, and in exact mode its mass on Q's code 0 */
     const double p_tail_mass = mass_of(&s.p);
     double c_p = 0.0, w_p = 0.0;
     if (s.p_tail_n > 0) {
@@ -1412,17 +1422,30 @@ QK_INLINE void llama_llama_row(const uint16_t *p_row, const uint16_t *q_row, int
             c_q = qk_tail_log_prob(1.0 - q_mass, q_n, mq);
         }
     }
-    /* the same rule for the base's tail in llama mode, which only the
-     * reverse KL reads */
-    if (!exact && (flags & QK_REVERSE) && s.p_tail_n > 0 &&
-        tail_error(p_tail_mass, mass_error(&s.p), (double)s.p_tail_n, hp.min_log_prob) *
-                fabs(reverse_slope_p(&s, c_q)) >
-            0.05 * (1e-7 + 1e-6 * fabs(reverse_kl(&s, c_q, c_p))))
-        c_p = qk_tail_log_prob(1.0 - mass64(p_row, &hp, n), (double)s.p_tail_n, hp.min_log_prob);
+    /* the same rule for the base's tail, which exact mode's KL (its tail
+     * terms, the token's NLL) and the reverse KL read */
+    const double p_n = (double)s.p_tail_n, l_sum = vd_hsum(widened_sum(s.l_lo, s.l_hi));
     double kld = s_t - (c_q - mq) * s_pq;
-    if (exact && s.p_tail_n > 0)
-        kld += exp(c_p) * ((double)s.p_tail_n * c_p - vd_hsum(widened_sum(s.l_lo, s.l_hi))) -
-               w_p * c_q;
+    if (s.p_tail_n > 0) {
+        const double err = tail_error(p_tail_mass, mass_error(&s.p), p_n, hp.min_log_prob);
+        int precise = 0;
+        if (exact) {
+            const double w = exp(c_p), n4 = (double)s.p_tail_on_q_tail;
+            const double tail_kld = w * (p_n * c_p - l_sum - n4 * c_q);
+            precise = err * fabs(w * (p_n * (c_p + 1.0) - l_sum - n4 * c_q)) >
+                          0.05 * (1e-7 + 1e-6 * fabs(kld + tail_kld)) ||
+                      (cp_tok == 0 && err > 0.05 * (1e-7 + 1e-7 * fabs(c_p)));
+        }
+        if (flags & QK_REVERSE)
+            precise = precise || err * fabs(reverse_slope_p(&s, c_q)) >
+                                     0.05 * (1e-7 + 1e-6 * fabs(reverse_kl(&s, c_q, c_p)));
+        if (precise) {
+            c_p = qk_tail_log_prob(1.0 - mass64(p_row, &hp, n), p_n, hp.min_log_prob);
+            w_p = exact ? exp(c_p) * (double)s.p_tail_on_q_tail : 0.0;
+        }
+        if (exact)
+            kld += exp(c_p) * (p_n * c_p - l_sum) - w_p * c_q;
+    }
     out->kld = kld;
     if (flags & QK_REVERSE)
         out->rkl = reverse_kl(&s, c_q, c_p);
