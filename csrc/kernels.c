@@ -389,6 +389,15 @@ static inline double tail_error(double mass, double err, double n, double min_lo
     return log((left + err) / (left - err));
 }
 
+/* Whether a tail log p's error, moving a result of size `value` by up to
+ * `moved`, could take a twentieth of what the contract allows it (rel: 1e-6
+ * for a divergence, 1e-7 for an NLL): then the tail's mass is summed again
+ * from float64 exps. */
+static inline int tail_could_matter(double moved, double value, double rel)
+{
+    return moved > 0.05 * (1e-7 + rel * fabs(value));
+}
+
 /* --- what a pass follows besides its sums ------------------------------------ */
 
 /* The top-k list; one vector compare lets almost every vector by. */
@@ -851,28 +860,25 @@ QK_INLINE void llama_logits_row(const uint16_t *p_row, const void *q, int dt, pt
     const double q_scale = exp(-(lse - lse_hi)), lse_lo = lse - lse_hi, mlp = h.min_log_prob;
     const double tail_n = (double)s.tail_n, ys = vd_hsum(widened_sum(s.y_lo, s.y_hi));
     const double re = vd_hsum(widened_sum(s.re_lo, s.re_hi));
-    double r = -vd_hsum(widened_sum(s.r_lo, s.r_hi));
+    double r = -vd_hsum(widened_sum(s.r_lo, s.r_hi)), c_tail = -INFINITY;
     if (s.tail_n > 0) {
         const double mass = mass_of(&s.p), err = tail_error(mass, mass_error(&s.p), tail_n, mlp);
-        double c_tail = qk_tail_log_prob(1.0 - mass, tail_n, mlp);
+        c_tail = qk_tail_log_prob(1.0 - mass, tail_n, mlp);
         int precise = 0;
         if (exact) {
             const double w = exp(c_tail), tail_kld = w * (tail_n * (c_tail + lse) - ys);
-            precise = err * fabs(w * (tail_n * (c_tail + lse + 1.0) - ys)) >
-                          0.05 * (1e-7 + 1e-6 * fabs(kld + tail_kld)) ||
-                      (c_tok == 0 && y_tok > -INFINITY &&
-                       err > 0.05 * (1e-7 + 1e-7 * fabs(c_tail)));
+            precise = tail_could_matter(err * fabs(w * (tail_n * (c_tail + lse + 1.0) - ys)),
+                                        kld + tail_kld, 1e-6) ||
+                      (c_tok == 0 && y_tok > -INFINITY && tail_could_matter(err, c_tail, 1e-7));
         }
         if (flags & QK_REVERSE)
-            precise = precise ||
-                      err * q_scale * re >
-                          0.05 * (1e-7 + 1e-6 * fabs(q_scale * (r - (c_tail - mlp) * re) - lse_lo));
+            precise = precise || tail_could_matter(err * q_scale * re,
+                                                   q_scale * (r - (c_tail - mlp) * re) - lse_lo,
+                                                   1e-6);
         if (precise)
             c_tail = qk_tail_log_prob(1.0 - mass64(p_row, &h, n), tail_n, mlp);
         if (exact)
             kld += exp(c_tail) * (tail_n * (c_tail + lse) - ys);
-        if (exact && c_tok == 0 && y_tok > -INFINITY)
-            out->nll_p = -c_tail;
         r -= (c_tail - mlp) * re;
     }
     out->kld = vm_bits(s.inf) ? INFINITY : kld;
@@ -882,10 +888,10 @@ QK_INLINE void llama_logits_row(const uint16_t *p_row, const void *q, int dt, pt
         out->js = js_of(&s.js, 1.0, -(lse - lse_hi));
     out->nll_q = ((double)nq.max + lse) - y_tok;
     out->nll_q_llama = llama_nll(nq.max, lse, y_tok);
-    if (!(exact && c_tok == 0)) /* else the tail's, above */
+    if (exact && c_tok == 0)
+        out->nll_p = y_tok > -INFINITY ? -c_tail : INFINITY;
+    else
         out->nll_p = -(double)qk_decode(&h, c_tok);
-    else if (!(y_tok > -INFINITY))
-        out->nll_p = INFINITY;
     qk_set_tops(out, &tp, &tq, exp((double)tp.val[0]));
 }
 
@@ -1413,11 +1419,10 @@ QK_INLINE void llama_llama_row(const uint16_t *p_row, const uint16_t *q_row, int
          * twentieth of what the contract allows: then from float64 exps. */
         c_q = qk_tail_log_prob(1.0 - q_mass, q_n, mq);
         const double err = tail_error(q_mass, mass_error(&s.q), q_n, mq);
-        const double kld_guess = fabs(s_t - (c_q - mq) * s_pq);
-        if (err * (s_pq + w_p) > 0.05 * (1e-7 + 1e-6 * kld_guess) ||
-            (cq_tok == 0 && err > 0.05 * (1e-7 + 1e-7 * fabs(c_q))) ||
-            ((flags & QK_REVERSE) && err * fabs(reverse_slope_q(&s, c_q, c_p)) >
-                                         0.05 * (1e-7 + 1e-6 * fabs(reverse_kl(&s, c_q, c_p))))) {
+        if (tail_could_matter(err * (s_pq + w_p), s_t - (c_q - mq) * s_pq, 1e-6) ||
+            (cq_tok == 0 && tail_could_matter(err, c_q, 1e-7)) ||
+            ((flags & QK_REVERSE) && tail_could_matter(err * fabs(reverse_slope_q(&s, c_q, c_p)),
+                                                       reverse_kl(&s, c_q, c_p), 1e-6))) {
             q_mass = mass64(q_row, &hq, n);
             c_q = qk_tail_log_prob(1.0 - q_mass, q_n, mq);
         }
@@ -1432,13 +1437,13 @@ QK_INLINE void llama_llama_row(const uint16_t *p_row, const uint16_t *q_row, int
         if (exact) {
             const double w = exp(c_p), n4 = (double)s.p_tail_on_q_tail;
             const double tail_kld = w * (p_n * c_p - l_sum - n4 * c_q);
-            precise = err * fabs(w * (p_n * (c_p + 1.0) - l_sum - n4 * c_q)) >
-                          0.05 * (1e-7 + 1e-6 * fabs(kld + tail_kld)) ||
-                      (cp_tok == 0 && err > 0.05 * (1e-7 + 1e-7 * fabs(c_p)));
+            precise = tail_could_matter(err * fabs(w * (p_n * (c_p + 1.0) - l_sum - n4 * c_q)),
+                                        kld + tail_kld, 1e-6) ||
+                      (cp_tok == 0 && tail_could_matter(err, c_p, 1e-7));
         }
         if (flags & QK_REVERSE)
-            precise = precise || err * fabs(reverse_slope_p(&s, c_q)) >
-                                     0.05 * (1e-7 + 1e-6 * fabs(reverse_kl(&s, c_q, c_p)));
+            precise = precise || tail_could_matter(err * fabs(reverse_slope_p(&s, c_q)),
+                                                   reverse_kl(&s, c_q, c_p), 1e-6);
         if (precise) {
             c_p = qk_tail_log_prob(1.0 - mass64(p_row, &hp, n), p_n, hp.min_log_prob);
             w_p = exact ? exp(c_p) * (double)s.p_tail_on_q_tail : 0.0;
