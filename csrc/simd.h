@@ -42,6 +42,15 @@ QK_INLINE vf vf_load_u16(const void *p)
     return _mm512_cvtepi32_ps(_mm512_cvtepu16_epi32(_mm256_loadu_si256(p)));
 }
 QK_INLINE void vf_store(float *p, vf a) { _mm512_storeu_ps(p, a); }
+/* Packing: vf_store_packed stores the lanes vm_pack's mask selects from p
+ * on, in order, and may write anything up to p + QK_W. Here the register
+ * form of vcompressps: its memory form is microcoded on Zen 4. */
+typedef __mmask16 vpack;
+QK_INLINE vpack vm_pack(vmask m) { return m; }
+QK_INLINE void vf_store_packed(float *p, vpack k, vf a)
+{
+    _mm512_storeu_ps(p, _mm512_maskz_compress_ps(k, a));
+}
 QK_INLINE vf vf_fma(vf a, vf b, vf c) { return _mm512_fmadd_ps(a, b, c); }
 QK_INLINE vd vd_fma(vd a, vd b, vd c) { return _mm512_fmadd_pd(a, b, c); }
 /* max/min return b where a is NaN: a NaN never becomes the running max. */
@@ -126,6 +135,25 @@ QK_INLINE vmask vm_first(int n)
         _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)));
 }
 QK_INLINE unsigned vm_bits(vmask m) { return (unsigned)_mm256_movemask_ps(m); }
+/* Packing as a permutation: each half's lane indices from a 16-entry table
+ * (one byte per selected lane, in order), the high half's shifted past the
+ * low half's. Integer work the FP pipes never see; BMI2's pext would be
+ * shorter but is microcoded on Zen 1 and 2. */
+typedef __m256i vpack;
+QK_INLINE vpack vm_pack(vmask m)
+{
+    static const uint32_t nibble[16] = {0x0, 0x0, 0x1, 0x100, 0x2, 0x200, 0x201, 0x20100,
+                                        0x3, 0x300, 0x301, 0x30100, 0x302, 0x30200, 0x30201,
+                                        0x3020100};
+    const unsigned b = vm_bits(m), lo = b & 15u, hi = b >> 4;
+    const uint64_t idx =
+        nibble[lo] | (uint64_t)(nibble[hi] + 0x04040404u) << (8 * __builtin_popcount(lo));
+    return _mm256_cvtepu8_epi32(_mm_cvtsi64_si128((long long)idx));
+}
+QK_INLINE void vf_store_packed(float *p, vpack k, vf a)
+{
+    _mm256_storeu_ps(p, _mm256_permutevar8x32_ps(a, k));
+}
 QK_INLINE vf vf_keep(vmask m, vf a) { return _mm256_and_ps(m, a); }
 QK_INLINE vf vf_add_where(vf a, vmask m, vf b) { return a + _mm256_and_ps(m, b); }
 QK_INLINE vf vf_select(vmask m, vf a, vf b) { return _mm256_blendv_ps(b, a, m); }
@@ -240,6 +268,18 @@ QK_INLINE vmask vm_first(int n) { return (vi){0, 1, 2, 3} < (vi){n, n, n, n}; }
 QK_INLINE unsigned vm_bits(vmask m)
 {
     return (m[0] & 1u) | (m[1] & 2u) | (m[2] & 4u) | (m[3] & 8u);
+}
+typedef unsigned vpack;
+QK_INLINE vpack vm_pack(vmask m) { return vm_bits(m); }
+/* lane by lane, without a branch: an unselected lane's store is
+ * overwritten by the next one's */
+QK_INLINE void vf_store_packed(float *p, vpack k, vf a)
+{
+    unsigned n = 0;
+    for (int l = 0; l < 4; l++) {
+        p[n] = a[l];
+        n += k >> l & 1u;
+    }
 }
 QK_INLINE vd vf_lo_pd(vf a) { return (vd){a[0], a[1]}; }
 QK_INLINE vd vf_hi_pd(vf a) { return (vd){a[2], a[3]}; }

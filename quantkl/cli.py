@@ -522,11 +522,11 @@ def build_parser() -> argparse.ArgumentParser:
                               "instead of llama-perplexity's")
     scoring.add_argument("--reverse-kl", action="store_true",
                          help="also the reverse KL, KL(quant || base), per token, a dump's "
-                              "code 0 read as its clipped tail (costs an exp per entry: 15-45 %% "
-                              "of the kernel rate)")
+                              "code 0 read as its clipped tail (an exp per entry: the kernels keep "
+                              "40-85 %% of their rate)")
     scoring.add_argument("--js", action="store_true",
                          help="also the Jensen-Shannon divergence per token (an exp, an expm1 and a "
-                              "log per entry: the kernels keep 30-55 %% of their rate)")
+                              "log per entry: the kernels keep 24-55 %% of their rate)")
     scoring.add_argument("--json", metavar="OUT.json", help="write a JSON record (+ OUT.npz)")
     scoring.add_argument("-f", "--force", action="store_true",
                          help="overwrite the --json record (and score's --save dump)")
