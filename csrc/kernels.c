@@ -1004,27 +1004,42 @@ QK_INLINE void llama_logits_row(const uint16_t *p_row, const void *q, int dt, pt
 }
 
 /* Each flag combination (exact, reverse) its own copy, the flags folded in:
- * a run-time reverse test per step cost 7-17 % of the plain rates. The
- * sanitizer build (.ci/sanitizers) defines QK_FEW_COPIES: one copy per mode,
- * the reverse flag tested at run time, for the same code instrumented four
- * ways over takes cc1 past 25 minutes. */
+ * a run-time reverse test per step cost 7-17 % of the plain rates. Each copy
+ * is a function of its own (QK_COPY): inlined side by side into one
+ * dispatcher, GCC allocated registers over all of them at once and kept the
+ * hot loops' inputs and sums in stack slots (measured: -10 %, u16 x f32,
+ * AVX-512, Zen 4). copy_NAME_plain .. _exact_reverse take the same
+ * parameters as their dispatcher, whose names ROW(F) uses. The sanitizer
+ * build (.ci/sanitizers) defines QK_FEW_COPIES: one copy per mode, the
+ * reverse flag tested at run time, for the same code instrumented four ways
+ * over takes cc1 past 25 minutes. */
+#define QK_COPY(NAME, PARAMS, BODY)                                                                \
+    static __attribute__((noinline)) void NAME PARAMS { BODY; }
 #ifdef QK_FEW_COPIES
-#define QK_BY_FLAGS(CALL)                                                                      \
-    do {                                                                                       \
-        if (mode & QK_EXACT)                                                                   \
-            CALL(QK_EXACT | (mode & QK_REVERSE));                                              \
-        else                                                                                   \
-            CALL(mode & QK_REVERSE);                                                           \
+#define QK_FLAG_COPIES(NAME, PARAMS, ROW)                                                          \
+    QK_COPY(copy_##NAME##_plain, PARAMS, ROW(mode & QK_REVERSE))                                   \
+    QK_COPY(copy_##NAME##_exact, PARAMS, ROW(QK_EXACT | (mode & QK_REVERSE)))
+#define QK_BY_FLAGS(NAME, ARGS)                                                                    \
+    do {                                                                                           \
+        if (mode & QK_EXACT)                                                                       \
+            copy_##NAME##_exact ARGS;                                                              \
+        else                                                                                       \
+            copy_##NAME##_plain ARGS;                                                              \
     } while (0)
 #else
-#define QK_BY_FLAGS(CALL)                                                                      \
-    do {                                                                                       \
-        switch (mode & (QK_EXACT | QK_REVERSE)) {                                              \
-        case 0: CALL(0); break;                                                                \
-        case QK_EXACT: CALL(QK_EXACT); break;                                                  \
-        case QK_REVERSE: CALL(QK_REVERSE); break;                                              \
-        default: CALL(QK_EXACT | QK_REVERSE); break;                                           \
-        }                                                                                      \
+#define QK_FLAG_COPIES(NAME, PARAMS, ROW)                                                          \
+    QK_COPY(copy_##NAME##_plain, PARAMS, ROW(0))                                                   \
+    QK_COPY(copy_##NAME##_exact, PARAMS, ROW(QK_EXACT))                                            \
+    QK_COPY(copy_##NAME##_reverse, PARAMS, ROW(QK_REVERSE))                                        \
+    QK_COPY(copy_##NAME##_exact_reverse, PARAMS, ROW(QK_EXACT | QK_REVERSE))
+#define QK_BY_FLAGS(NAME, ARGS)                                                                    \
+    do {                                                                                           \
+        switch (mode & (QK_EXACT | QK_REVERSE)) {                                                  \
+        case 0: copy_##NAME##_plain ARGS; break;                                                   \
+        case QK_EXACT: copy_##NAME##_exact ARGS; break;                                            \
+        case QK_REVERSE: copy_##NAME##_reverse ARGS; break;                                        \
+        default: copy_##NAME##_exact_reverse ARGS; break;                                          \
+        }                                                                                          \
     } while (0)
 #endif
 
@@ -1034,41 +1049,49 @@ QK_INLINE void llama_logits_row(const uint16_t *p_row, const void *q, int dt, pt
  * at run time too cost 40 % of the JS rate (measured: 510 vs 875 M/s, u16 x
  * f32, one thread); the sanitizer build takes the run-time copy. */
 #ifdef QK_FEW_COPIES
-#define QK_BY_MODE_JS(CALL) CALL(mode)
+#define QK_JS_COPIES(NAME, PARAMS, ROW) QK_COPY(copy_##NAME##_js, PARAMS, ROW(mode))
+#define QK_BY_MODE_JS(NAME, ARGS) copy_##NAME##_js ARGS
 #else
-#define QK_BY_MODE_JS(CALL)                                                                    \
-    do {                                                                                       \
-        if (mode & QK_EXACT)                                                                   \
-            CALL(QK_JS | QK_EXACT | (mode & QK_REVERSE));                                      \
-        else                                                                                   \
-            CALL(QK_JS | (mode & QK_REVERSE));                                                 \
+#define QK_JS_COPIES(NAME, PARAMS, ROW)                                                            \
+    QK_COPY(copy_##NAME##_js, PARAMS, ROW(QK_JS | (mode & QK_REVERSE)))                            \
+    QK_COPY(copy_##NAME##_js_exact, PARAMS, ROW(QK_JS | QK_EXACT | (mode & QK_REVERSE)))
+#define QK_BY_MODE_JS(NAME, ARGS)                                                                  \
+    do {                                                                                           \
+        if (mode & QK_EXACT)                                                                       \
+            copy_##NAME##_js_exact ARGS;                                                           \
+        else                                                                                       \
+            copy_##NAME##_js ARGS;                                                                 \
     } while (0)
 #endif
+
+#define QK_LQ_PARAMS                                                                               \
+    (const uint16_t *p_row, const void *q, int q_dtype, int64_t n_vocab, int64_t tok, int mode,    \
+     qk_row *out)
+#define QK_LQ_ARGS (p_row, q, q_dtype, n_vocab, tok, mode, out)
+#define QK_LQ(DT, F) llama_logits_row(p_row, q, DT, 1, n_vocab, tok, F, out)
+#define QK_LQ_F32(F) QK_LQ(QK_F32, F)
+#define QK_LQ_F16(F) QK_LQ(QK_F16, F)
+#define QK_LQ_BF16(F) QK_LQ(QK_BF16, F)
+#define QK_LQ_ANY(F) QK_LQ(q_dtype, F)
+QK_FLAG_COPIES(llama_logits_f32, QK_LQ_PARAMS, QK_LQ_F32)
+QK_FLAG_COPIES(llama_logits_f16, QK_LQ_PARAMS, QK_LQ_F16)
+QK_FLAG_COPIES(llama_logits_bf16, QK_LQ_PARAMS, QK_LQ_BF16)
+QK_JS_COPIES(llama_logits, QK_LQ_PARAMS, QK_LQ_ANY)
 
 void QK_NAME(qk_score_llama_logits)(const uint16_t *p_row, const void *q, int q_dtype,
                                     ptrdiff_t q_stride, int64_t n_vocab, int64_t tok, int mode,
                                     qk_row *out)
 {
-#define QK_LQ(DT, F) llama_logits_row(p_row, q, DT, 1, n_vocab, tok, F, out)
-#define QK_F32_ROW(F) QK_LQ(QK_F32, F)
-#define QK_F16_ROW(F) QK_LQ(QK_F16, F)
-#define QK_BF16_ROW(F) QK_LQ(QK_BF16, F)
-#define QK_ANY_ROW(F) QK_LQ(q_dtype, F)
     if (q_stride != 1)
         llama_logits_row(p_row, q, q_dtype, q_stride, n_vocab, tok, mode, out);
     else if (mode & QK_JS)
-        QK_BY_MODE_JS(QK_ANY_ROW);
+        QK_BY_MODE_JS(llama_logits, QK_LQ_ARGS);
     else if (q_dtype == QK_F32)
-        QK_BY_FLAGS(QK_F32_ROW);
+        QK_BY_FLAGS(llama_logits_f32, QK_LQ_ARGS);
     else if (q_dtype == QK_F16)
-        QK_BY_FLAGS(QK_F16_ROW);
+        QK_BY_FLAGS(llama_logits_f16, QK_LQ_ARGS);
     else
-        QK_BY_FLAGS(QK_BF16_ROW);
-#undef QK_LQ
-#undef QK_F32_ROW
-#undef QK_F16_ROW
-#undef QK_BF16_ROW
-#undef QK_ANY_ROW
+        QK_BY_FLAGS(llama_logits_bf16, QK_LQ_ARGS);
 }
 
 /* --- logits x logits --------------------------------------------------------- */
@@ -1241,6 +1264,10 @@ QK_INLINE void logits_logits_row(const void *p, int dp, ptrdiff_t sp, const void
     qk_set_tops(out, &tp, &tq, exp(-lse_p));
 }
 
+#define QK_LL_PARAMS                                                                               \
+    (const void *p, int p_dtype, const void *q, int q_dtype, int64_t n_vocab, int64_t tok,         \
+     int mode, qk_row *out)
+#define QK_LL_ARGS (p, p_dtype, q, q_dtype, n_vocab, tok, mode, out)
 #define QK_LL(DP, DQ, F) logits_logits_row(p, DP, 1, q, DQ, 1, n_vocab, tok, F, out)
 #define QK_LL_F32_F32(F) QK_LL(QK_F32, QK_F32, F)
 #define QK_LL_F32_F16(F) QK_LL(QK_F32, QK_F16, F)
@@ -1251,6 +1278,17 @@ QK_INLINE void logits_logits_row(const void *p, int dp, ptrdiff_t sp, const void
 #define QK_LL_BF16_F32(F) QK_LL(QK_BF16, QK_F32, F)
 #define QK_LL_BF16_F16(F) QK_LL(QK_BF16, QK_F16, F)
 #define QK_LL_BF16_BF16(F) QK_LL(QK_BF16, QK_BF16, F)
+#define QK_LL_ANY(F) QK_LL(p_dtype, q_dtype, F)
+QK_FLAG_COPIES(logits_f32_f32, QK_LL_PARAMS, QK_LL_F32_F32)
+QK_FLAG_COPIES(logits_f32_f16, QK_LL_PARAMS, QK_LL_F32_F16)
+QK_FLAG_COPIES(logits_f32_bf16, QK_LL_PARAMS, QK_LL_F32_BF16)
+QK_FLAG_COPIES(logits_f16_f32, QK_LL_PARAMS, QK_LL_F16_F32)
+QK_FLAG_COPIES(logits_f16_f16, QK_LL_PARAMS, QK_LL_F16_F16)
+QK_FLAG_COPIES(logits_f16_bf16, QK_LL_PARAMS, QK_LL_F16_BF16)
+QK_FLAG_COPIES(logits_bf16_f32, QK_LL_PARAMS, QK_LL_BF16_F32)
+QK_FLAG_COPIES(logits_bf16_f16, QK_LL_PARAMS, QK_LL_BF16_F16)
+QK_FLAG_COPIES(logits_bf16_bf16, QK_LL_PARAMS, QK_LL_BF16_BF16)
+QK_JS_COPIES(logits_logits, QK_LL_PARAMS, QK_LL_ANY)
 
 void QK_NAME(qk_score_logits_logits)(const void *p, int p_dtype, ptrdiff_t p_stride, const void *q,
                                      int q_dtype, ptrdiff_t q_stride, int64_t n_vocab, int64_t tok,
@@ -1261,25 +1299,21 @@ void QK_NAME(qk_score_logits_logits)(const void *p, int p_dtype, ptrdiff_t p_str
         return;
     }
     if (mode & QK_JS) {
-#define QK_LL_ANY(F) QK_LL(p_dtype, q_dtype, F)
-        QK_BY_MODE_JS(QK_LL_ANY);
-#undef QK_LL_ANY
+        QK_BY_MODE_JS(logits_logits, QK_LL_ARGS);
         return;
     }
     switch (p_dtype * 3 + q_dtype) {
-    case QK_F32 * 3 + QK_F32: QK_BY_FLAGS(QK_LL_F32_F32); break;
-    case QK_F32 * 3 + QK_F16: QK_BY_FLAGS(QK_LL_F32_F16); break;
-    case QK_F32 * 3 + QK_BF16: QK_BY_FLAGS(QK_LL_F32_BF16); break;
-    case QK_F16 * 3 + QK_F32: QK_BY_FLAGS(QK_LL_F16_F32); break;
-    case QK_F16 * 3 + QK_F16: QK_BY_FLAGS(QK_LL_F16_F16); break;
-    case QK_F16 * 3 + QK_BF16: QK_BY_FLAGS(QK_LL_F16_BF16); break;
-    case QK_BF16 * 3 + QK_F32: QK_BY_FLAGS(QK_LL_BF16_F32); break;
-    case QK_BF16 * 3 + QK_F16: QK_BY_FLAGS(QK_LL_BF16_F16); break;
-    default: QK_BY_FLAGS(QK_LL_BF16_BF16); break;
+    case QK_F32 * 3 + QK_F32: QK_BY_FLAGS(logits_f32_f32, QK_LL_ARGS); break;
+    case QK_F32 * 3 + QK_F16: QK_BY_FLAGS(logits_f32_f16, QK_LL_ARGS); break;
+    case QK_F32 * 3 + QK_BF16: QK_BY_FLAGS(logits_f32_bf16, QK_LL_ARGS); break;
+    case QK_F16 * 3 + QK_F32: QK_BY_FLAGS(logits_f16_f32, QK_LL_ARGS); break;
+    case QK_F16 * 3 + QK_F16: QK_BY_FLAGS(logits_f16_f16, QK_LL_ARGS); break;
+    case QK_F16 * 3 + QK_BF16: QK_BY_FLAGS(logits_f16_bf16, QK_LL_ARGS); break;
+    case QK_BF16 * 3 + QK_F32: QK_BY_FLAGS(logits_bf16_f32, QK_LL_ARGS); break;
+    case QK_BF16 * 3 + QK_F16: QK_BY_FLAGS(logits_bf16_f16, QK_LL_ARGS); break;
+    default: QK_BY_FLAGS(logits_bf16_bf16, QK_LL_ARGS); break;
     }
 }
-
-#undef QK_LL
 
 /* --- llama row x llama row -------------------------------------------------- */
 
@@ -1571,15 +1605,21 @@ QK_INLINE void llama_llama_row(const uint16_t *p_row, const uint16_t *q_row, int
     qk_set_tops(out, &tp, &tq, exp((double)tp.val[0]));
 }
 
+#define QK_UU_PARAMS                                                                               \
+    (const uint16_t *p_row, const uint16_t *q_row, int64_t n_vocab, int64_t tok, int mode,         \
+     qk_row *out)
+#define QK_UU_ARGS (p_row, q_row, n_vocab, tok, mode, out)
+#define QK_UU_ROW(F) llama_llama_row(p_row, q_row, n_vocab, tok, F, out)
+QK_FLAG_COPIES(llama_llama, QK_UU_PARAMS, QK_UU_ROW)
+QK_JS_COPIES(llama_llama, QK_UU_PARAMS, QK_UU_ROW)
+
 void QK_NAME(qk_score_llama_llama)(const uint16_t *p_row, const uint16_t *q_row, int64_t n_vocab,
                                    int64_t tok, int mode, qk_row *out)
 {
-#define QK_UU_ROW(F) llama_llama_row(p_row, q_row, n_vocab, tok, F, out)
     if (mode & QK_JS)
-        QK_BY_MODE_JS(QK_UU_ROW);
+        QK_BY_MODE_JS(llama_llama, QK_UU_ARGS);
     else
-        QK_BY_FLAGS(QK_UU_ROW);
-#undef QK_UU_ROW
+        QK_BY_FLAGS(llama_llama, QK_UU_ARGS);
 }
 
 /* --- the encoder ------------------------------------------------------------- */
