@@ -682,7 +682,7 @@ static inline float cut_code(const qk_header *h, float cut)
 /* One step of pass 2. llama mode's forward terms go to the kept buffer,
  * which returns with its new count: the kept lanes' codes and logits, or,
  * with the reverse KL, which takes every lane's p for the base's tail
- * anyway, their p and d as llama_logits_kept would compute them (to the
+ * anyway, their p and d as kept_sum would compute them (to the
  * bit: vf_exp_n is vf_exp_in_range_n above -87), so that the flags never
  * move the KLD by a rounding. Everything that needs y is taken before the
  * exps, so that y is dead while they run: four exp chains need most of the
@@ -743,30 +743,35 @@ QK_INLINE int llama_logits_step(llama_logits_sums *s, const llama_logits_consts 
     return n;
 }
 
+/* What a kept-terms buffer holds: p and d; p's exp argument (log p) and d;
+ * or a dump's codes and the logits (decoded with k). */
+enum { KEPT_P, KEPT_LOG_P, KEPT_CODES };
+
 /* llama mode's kept terms from the buffer, full steps of them, all: the
- * last partial step too; returns how many wait. has_p: the buffer holds p
- * and d, else codes and logits. */
-QK_INLINE int llama_logits_kept(kept_terms *b, int n, llama_logits_sums *s,
-                                const llama_logits_consts *k, int has_p, int all)
+ * last partial step too, into t and p32; returns how many wait. k: for
+ * KEPT_CODES only. */
+QK_INLINE int kept_sum(kept_terms *b, int n, int holds, const llama_logits_consts *k, vd *t_lo,
+                       vd *t_hi, vf *p32, int all)
 {
     int i = 0;
     for (; i < n && (all || i + QK_SPAN <= n); i += QK_SPAN) {
         vf p[QK_G], d[QK_G], t[QK_G];
         vmask live[QK_G];
         kept_load_g(b, i, n, p, d, live);
-        if (!has_p) {
+        if (holds == KEPT_CODES) {
             for (int j = 0; j < QK_G; j++) {
                 p[j] = decode(p[j], k->scale, k->min_log_prob);
                 d[j] = (p[j] - (d[j] - k->ymax)) + k->lse_hi;
             }
-            vf_exp_in_range_n(p, QK_G); /* lp > -16: p > 0, so a -inf logit's d gives +inf */
         }
+        if (holds != KEPT_P) /* lp > -16: p > 0, so a -inf logit's d gives +inf */
+            vf_exp_in_range_n(p, QK_G);
         for (int j = 0; j < QK_G; j++) {
             p[j] = vf_keep(live[j], p[j]);
             t[j] = vf_keep(live[j], p[j] * d[j]);
         }
-        s->p32 = s->p32 + sum_g(p);
-        add_terms_g(&s->t_lo, &s->t_hi, t);
+        *p32 = *p32 + sum_g(p);
+        add_terms_g(t_lo, t_hi, t);
     }
     return all ? 0 : kept_keep_rest(b, i, n);
 }
@@ -943,7 +948,8 @@ QK_INLINE void llama_logits_row(const uint16_t *p_row, const void *q, int dt, pt
             kept_n = llama_logits_step(&s, &k, flags, &kept, kept_n, &c_max, c, y, valid);
         }
         if (!exact) {
-            kept_n = llama_logits_kept(&kept, kept_n, &s, &k, flags & QK_REVERSE, e == n);
+            kept_n = kept_sum(&kept, kept_n, flags & QK_REVERSE ? KEPT_P : KEPT_CODES, &k,
+                              &s.t_lo, &s.t_hi, &s.p32, e == n);
             s.lp_max = decode(c_max, k.scale, k.min_log_prob);
         }
         blocks_add(&bp, vf_hmax(s.lp_max), b);
@@ -1147,12 +1153,14 @@ QK_INLINE void logits_reverse(logits_sums *s, const logits_consts *k, const vf *
 }
 
 /* llama mode: the cut needs the base's log-sum-exp, so pass 1 took both
- * sides' and this is a third exp per entry: p~ = exp((x - X) - lsep_hi).
+ * sides' and this is a third exp, where the cut keeps the term: the kept
+ * lanes' log p~ = (x - X) - lsep_hi and d go to the kept buffer (b, n: the
+ * new count is returned), and p~ = exp(log p~) is taken there.
  * exact mode: pass 1 took only the other side's normaliser and the base's
  * max; the base's exps are taken here, for its normaliser and the terms
  * alike: KL = sum e * ((x - X) - (y - Y)) / sum e - lse_p + lse_q. */
-QK_INLINE void logits_step(logits_sums *s, const logits_consts *k, int flags, const vf *x,
-                           const vf *y, const vmask *valid)
+QK_INLINE int logits_step(logits_sums *s, const logits_consts *k, int flags, kept_terms *b,
+                          int n, const vf *x, const vf *y, const vmask *valid)
 {
     const int exact = flags & QK_EXACT;
     if (flags & QK_REVERSE)
@@ -1163,32 +1171,24 @@ QK_INLINE void logits_step(logits_sums *s, const logits_consts *k, int flags, co
     vmask keep[QK_G];
     for (int j = 0; j < QK_G; j++)
         xr[j] = x[j] - k->xmax;
-    if (exact) {
-        for (int j = 0; j < QK_G; j++) {
-            keep[j] = vm_and(valid[j], vf_gt(x[j], k->ninf));
-            e[j] = xr[j];
-        }
-        vf_exp_n(e, QK_G); /* > 0 for every finite x: a -inf y makes the KL +inf */
-        add_each_g(&s->e_lo, &s->e_hi, e);
-        for (int j = 0; j < QK_G; j++)
-            t[j] = vf_keep(keep[j], e[j] * (xr[j] - (y[j] - k->ymax)));
-    } else {
-        vmask any = vm_none();
+    if (!exact) {
         for (int j = 0; j < QK_G; j++) {
             e[j] = xr[j] - k->lsep_hi;
             keep[j] = vm_and(valid[j], vf_gt(e[j], k->cut));
-            any = vm_or(any, keep[j]);
+            t[j] = (xr[j] - (y[j] - k->ymax)) + k->dlse_hi;
         }
-        if (!vm_bits(any))
-            return;
-        /* lp > -16: p~ > 0, so a -inf logit turns its term into +inf */
-        vf_exp_in_range_n(e, QK_G);
-        for (int j = 0; j < QK_G; j++) {
-            s->p32 = vf_add_where(s->p32, keep[j], e[j]);
-            t[j] = vf_keep(keep[j], e[j] * ((xr[j] - (y[j] - k->ymax)) + k->dlse_hi));
-        }
+        return kept_add_g(b, n, keep, e, t);
     }
+    for (int j = 0; j < QK_G; j++) {
+        keep[j] = vm_and(valid[j], vf_gt(x[j], k->ninf));
+        e[j] = xr[j];
+    }
+    vf_exp_n(e, QK_G); /* > 0 for every finite x: a -inf y makes the KL +inf */
+    add_each_g(&s->e_lo, &s->e_hi, e);
+    for (int j = 0; j < QK_G; j++)
+        t[j] = vf_keep(keep[j], e[j] * (xr[j] - (y[j] - k->ymax)));
     add_terms_g(&s->t_lo, &s->t_hi, t);
+    return n;
 }
 
 QK_INLINE void logits_logits_row(const void *p, int dp, ptrdiff_t sp, const void *q, int dq,
@@ -1225,20 +1225,27 @@ QK_INLINE void logits_logits_row(const void *p, int dp, ptrdiff_t sp, const void
                              vf_set1(lseq_hi)};
     const vd z = vd_set1(0.0);
     logits_sums s = {z, z, z, z, vf_set1(0.0f), z, z, {z, z, z, z}};
-    int64_t i = 0;
-    for (; i + QK_SPAN <= n; i += QK_SPAN) {
-        vf x[QK_G], y[QK_G];
-        vmask valid[QK_G];
-        load_logits_g(x, valid, p, dp, sp, i, n, 1);
-        load_logits_g(y, valid, q, dq, sq, i, n, 1);
-        logits_step(&s, &k, flags, x, y, valid);
-    }
-    if (i < n) {
-        vf x[QK_G], y[QK_G];
-        vmask valid[QK_G];
-        load_logits_g(x, valid, p, dp, sp, i, n, 0);
-        load_logits_g(y, valid, q, dq, sq, i, n, 0);
-        logits_step(&s, &k, flags, x, y, valid);
+    kept_terms kept;
+    int kept_n = 0;
+    for (int64_t b = 0; b < n; b += QK_BLOCK) {
+        const int64_t e = block_end(b, n);
+        int64_t i = b;
+        for (; i + QK_SPAN <= e; i += QK_SPAN) {
+            vf x[QK_G], y[QK_G];
+            vmask valid[QK_G];
+            load_logits_g(x, valid, p, dp, sp, i, e, 1);
+            load_logits_g(y, valid, q, dq, sq, i, e, 1);
+            kept_n = logits_step(&s, &k, flags, &kept, kept_n, x, y, valid);
+        }
+        if (i < e) {
+            vf x[QK_G], y[QK_G];
+            vmask valid[QK_G];
+            load_logits_g(x, valid, p, dp, sp, i, e, 0);
+            load_logits_g(y, valid, q, dq, sq, i, e, 0);
+            kept_n = logits_step(&s, &k, flags, &kept, kept_n, x, y, valid);
+        }
+        if (!exact)
+            kept_n = kept_sum(&kept, kept_n, KEPT_LOG_P, NULL, &s.t_lo, &s.t_hi, &s.p32, e == n);
     }
     const double lse_p = exact ? log(vd_hsum(widened_sum(s.e_lo, s.e_hi))) : lse_p1;
     if (isnan(lse_p)) {
