@@ -1384,8 +1384,9 @@ QK_INLINE void llama_llama_reverse(llama_llama_sums *s, const vf *cp, const vf *
     add_each_g(&s->l3_lo, &s->l3_hi, l3); /* many values near the clip: each widened */
 }
 
-QK_INLINE void llama_llama_step(llama_llama_sums *s, const llama_llama_consts *k, int flags,
-                                const vf *cp, const vf *cq, const vmask *valid)
+QK_INLINE int llama_llama_step(llama_llama_sums *s, const llama_llama_consts *k, int flags,
+                               kept_terms *b, int n, const vf *cp, const vf *cq,
+                               const vmask *valid)
 {
     const int exact = flags & QK_EXACT, reverse = flags & QK_REVERSE;
     vf lp[QK_G], lq[QK_G], eq[QK_G], d[QK_G], t[QK_G], pq[QK_G];
@@ -1422,36 +1423,44 @@ QK_INLINE void llama_llama_step(llama_llama_sums *s, const llama_llama_consts *k
             }
         }
     }
-    if (exact || reverse) {
-        /* the base's decoded mass from every step, as llama_logits_step's */
-        vf e[QK_G];
-        for (int j = 0; j < QK_G; j++) {
-            keep[j] = exact ? code[j] : vm_and(valid[j], vf_gt(lp[j], k->cut));
-            e[j] = lp[j];
-        }
-        vf_exp_n(e, QK_G);
-        add_mass_g(&s->p, code, lp, e);
-        for (int j = 0; j < QK_G; j++)
-            lp[j] = e[j];
-    } else {
-        vmask any = vm_none();
+    if (!exact && !reverse) {
+        /* llama mode's terms go to the kept buffer (log p and d), and their
+         * exps are taken there; the few kept lanes on Q's code 0 take theirs
+         * here as well, for pq */
+        vmask dead = vm_none();
         for (int j = 0; j < QK_G; j++) {
             keep[j] = vm_and(valid[j], vf_gt(lp[j], k->cut));
-            any = vm_or(any, keep[j]);
+            dead = vm_or(dead, vm_andnot(keep[j], q_live[j]));
         }
-        if (!vm_bits(any))
-            return;
-        vf_exp_in_range_n(lp, QK_G);
+        if (vm_bits(dead)) {
+            vf e[QK_G];
+            for (int j = 0; j < QK_G; j++)
+                e[j] = lp[j];
+            vf_exp_in_range_n(e, QK_G); /* lanes outside the range are masked */
+            for (int j = 0; j < QK_G; j++)
+                pq[j] = vf_keep(vm_andnot(keep[j], q_live[j]), e[j]);
+            s->pq = s->pq + sum_g(pq);
+        }
+        return kept_add_g(b, n, keep, lp, d);
     }
-    for (int j = 0; j < QK_G; j++) { /* lp[j] is p now */
-        const vf p = vf_keep(keep[j], lp[j]);
-        t[j] = p * d[j];
+    /* the base's decoded mass from every step, as llama_logits_step's */
+    vf e[QK_G];
+    for (int j = 0; j < QK_G; j++) {
+        keep[j] = exact ? code[j] : vm_and(valid[j], vf_gt(lp[j], k->cut));
+        e[j] = lp[j];
+    }
+    vf_exp_n(e, QK_G);
+    add_mass_g(&s->p, code, lp, e);
+    for (int j = 0; j < QK_G; j++) {
+        const vf p = vf_keep(keep[j], e[j]);
         pq[j] = vf_keep(vm_andnot(keep[j], q_live[j]), p);
-        if (!exact)
-            s->p32 = s->p32 + p;
+        t[j] = p * d[j];
     }
-    add_terms_g(&s->t_lo, &s->t_hi, t);
     s->pq = s->pq + sum_g(pq);
+    if (!exact) /* the reverse KL: p and d, as kept_sum would take them (to the bit) */
+        return kept_add_g(b, n, keep, e, d);
+    add_terms_g(&s->t_lo, &s->t_hi, t);
+    return n;
 }
 
 /* Q's code-0 entries where the base has a log p (n3 of them), and where it
@@ -1512,6 +1521,8 @@ QK_INLINE void llama_llama_row(const uint16_t *p_row, const uint16_t *q_row, int
     memset(&s, 0, sizeof s); /* every sum 0.0, every count 0 */
     qk_topk tp = {0};
     qk_topk tq = {0}, bp = {0}, bq = {0};
+    kept_terms kept;
+    int kept_n = 0;
     for (int64_t b = 0; b < n; b += QK_BLOCK) {
         const int64_t e = block_end(b, n);
         s.lp_max = s.lq_max = vf_set1(-INFINITY);
@@ -1524,7 +1535,7 @@ QK_INLINE void llama_llama_row(const uint16_t *p_row, const uint16_t *q_row, int
             load_codes_g(cp, p_row, i, e, 1);
             load_codes_g(cq, q_row, i, e, 1);
             valid_g(valid, i, e, 1);
-            llama_llama_step(&s, &k, flags, cp, cq, valid);
+            kept_n = llama_llama_step(&s, &k, flags, &kept, kept_n, cp, cq, valid);
         }
         if (i < e) {
             vf cp[QK_G], cq[QK_G];
@@ -1532,8 +1543,11 @@ QK_INLINE void llama_llama_row(const uint16_t *p_row, const uint16_t *q_row, int
             load_codes_g(cp, p_row, i, e, 0);
             load_codes_g(cq, q_row, i, e, 0);
             valid_g(valid, i, e, 0);
-            llama_llama_step(&s, &k, flags, cp, cq, valid);
+            kept_n = llama_llama_step(&s, &k, flags, &kept, kept_n, cp, cq, valid);
         }
+        if (!exact)
+            kept_n = kept_sum(&kept, kept_n, flags & QK_REVERSE ? KEPT_P : KEPT_LOG_P, NULL,
+                              &s.t_lo, &s.t_hi, &s.p32, e == n);
         blocks_add(&bp, vf_hmax(s.lp_max), b);
         blocks_add(&bq, vf_hmax(s.lq_max), b);
     }
