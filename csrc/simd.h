@@ -68,7 +68,6 @@ QK_INLINE vmask vm_all(void) { return 0xFFFF; }
 QK_INLINE vmask vm_first(int n) { return (vmask)((1u << n) - 1); }
 QK_INLINE unsigned vm_bits(vmask m) { return m; }
 QK_INLINE vf vf_keep(vmask m, vf a) { return _mm512_maskz_mov_ps(m, a); }
-QK_INLINE vf vf_add_where(vf a, vmask m, vf b) { return _mm512_mask_add_ps(a, m, a, b); }
 QK_INLINE vf vf_select(vmask m, vf a, vf b) { return _mm512_mask_blend_ps(m, b, a); }
 QK_INLINE vd vf_lo_pd(vf a) { return _mm512_cvtps_pd(_mm512_castps512_ps256(a)); }
 QK_INLINE vd vf_hi_pd(vf a)
@@ -155,7 +154,6 @@ QK_INLINE void vf_store_packed(float *p, vpack k, vf a)
     _mm256_storeu_ps(p, _mm256_permutevar8x32_ps(a, k));
 }
 QK_INLINE vf vf_keep(vmask m, vf a) { return _mm256_and_ps(m, a); }
-QK_INLINE vf vf_add_where(vf a, vmask m, vf b) { return a + _mm256_and_ps(m, b); }
 QK_INLINE vf vf_select(vmask m, vf a, vf b) { return _mm256_blendv_ps(b, a, m); }
 QK_INLINE vd vf_lo_pd(vf a) { return _mm256_cvtps_pd(_mm256_castps256_ps128(a)); }
 QK_INLINE vd vf_hi_pd(vf a) { return _mm256_cvtps_pd(_mm256_extractf128_ps(a, 1)); }
@@ -252,7 +250,6 @@ QK_INLINE vf vf_fma(vf a, vf b, vf c) { return a * b + c; }
 QK_INLINE vd vd_fma(vd a, vd b, vd c) { return a * b + c; }
 QK_INLINE vf vf_select(vmask m, vf a, vf b) { return (vf)((m & (vi)a) | (~m & (vi)b)); }
 QK_INLINE vf vf_keep(vmask m, vf a) { return (vf)(m & (vi)a); }
-QK_INLINE vf vf_add_where(vf a, vmask m, vf b) { return a + vf_keep(m, b); }
 QK_INLINE vf vf_max(vf a, vf b) { return vf_select(a > b, a, b); }
 QK_INLINE vf vf_min(vf a, vf b) { return vf_select(a < b, a, b); }
 QK_INLINE vd vd_max(vd a, vd b) { return (vd)(((a > b) & (vl)a) | (~(a > b) & (vl)b)); }
