@@ -45,9 +45,7 @@
 #define QK_BLOCK 512
 /* Software prefetch distance of the streams read from memory (bytes; 8 and
  * 16 KB measured alike, 32 KB slower, on Zen 4). */
-#ifndef QK_PREFETCH
 #define QK_PREFETCH 16384
-#endif
 /* Vectors per step. One exp is a chain of eleven dependent operations that
  * leaves the FP pipes idle; four independent chains with their stages
  * interleaved (GCC keeps source order on x86) keep them busy: -30 % time. */
