@@ -388,6 +388,10 @@ def test_reverse_kl_reads_a_dump_the_same_in_both_modes(kernel_path, rng):
 
 
 def test_reverse_kl_and_js_change_nothing_else(kernel_path, rng):
+    """The flags add their sums and move nothing else, the forward KLD
+    included: to the bit, except where llama mode's plain copy reads a dump
+    base and float logits in one pass and the flagged copies in two, whose
+    KLDs differ by roundings (each held to the reference by the contract)."""
     x = make_logits(rng, 5, 30001, "wide").astype(np.float32)
     y = perturb(rng, x, "wide").astype(np.float32)
     tok = rng.integers(0, 30001, 5)
@@ -398,7 +402,14 @@ def test_reverse_kl_and_js_change_nothing_else(kernel_path, rng):
             plain = quantkl.score_rows(b, o, tok, mode=mode)
             both = quantkl.score_rows(b, o, tok, mode=mode, reverse=True)
             js = quantkl.score_rows(b, o, tok, mode=mode, js=True)
-            for f in ("kld", "nll_p", "nll_q", "top_p", "top_q", "rank", "p_top", "overlap"):
+            fields = ["nll_p", "nll_q", "top_p", "top_q", "rank", "p_top", "overlap"]
+            if b is base and o is y and mode == "llama":
+                allowed = 2 * (1e-7 + 1e-6 * plain.kld)
+                assert np.all(np.abs(both.kld - plain.kld) <= allowed)
+                assert np.all(np.abs(js.kld - plain.kld) <= allowed)
+            else:
+                fields.append("kld")
+            for f in fields:
                 np.testing.assert_array_equal(getattr(plain, f), getattr(both, f))
                 np.testing.assert_array_equal(getattr(plain, f), getattr(js, f))
             assert np.all(plain.rkl == 0) and np.all(both.rkl > 0) and np.all(js.rkl == 0)
