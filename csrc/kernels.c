@@ -570,9 +570,8 @@ QK_INLINE void norm_add_g(norm *s, vf *v, vf max)
  * among the blocks its top-k list may come from, then, from L1, unless only
  * the max is wanted (max_only), its exps against the running max.
  * ahead: its prefetch distance in bytes; the prefetches are spread over the
- * exps, for
- * issued all at once while the max is taken they overflow the core's
- * outstanding misses (measured: +4 % one stream, +16 % two). */
+ * exps, for issued all at once while the max is taken they overflow the
+ * core's outstanding misses (measured: +4 % one stream, +16 % two). */
 QK_INLINE void norm_block(norm *s, const void *row, int dt, ptrdiff_t st, int64_t b, int64_t e,
                           qk_topk *blocks, int max_only, int64_t ahead)
 {
