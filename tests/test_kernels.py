@@ -12,7 +12,7 @@ from rowcheck import assert_llama_rows_close
 
 # 17 and 1001: not multiples of any vector width; 49153: odd, a padded row
 VOCABS = [1, 2, 3, 17, 1001, 49153, 262144]
-KINDS = ["peaked", "peak40", "flat", "masked", "equal", "near", "wide", "lm"]
+KINDS = ["peaked", "peak40", "flat", "masked", "equal", "near", "wide", "lm", "rising"]
 
 
 def make_logits(rng, n, v, kind):
@@ -29,6 +29,9 @@ def make_logits(rng, n, v, kind):
         x[mask] = -np.inf
     elif kind == "equal":
         x = np.full((n, v), 1.5)
+    elif kind == "rising":  # a new max at most steps, after a masked start
+        x = np.linspace(-30, 10, v) + rng.normal(size=(n, v))
+        x[:, : v // 8] = -np.inf
     elif kind == "lm":  # as quantkl.bench: a quarter within llama.cpp's window
         x = rng.normal(size=(n, v)) * 2.5
         x[rng.random((n, v)) < 0.01] += 8
@@ -42,7 +45,7 @@ def perturb(rng, x, kind):
     (KLD ~ 1e-7), noise of 0.3 otherwise."""
     sigma = {"equal": 0.0, "near": 5e-4}.get(kind, 0.3)
     y = x + rng.normal(size=x.shape) * sigma
-    if kind == "masked":
+    if kind in ("masked", "rising"):
         y[np.isinf(x)] = -np.inf  # the quant masks the same tokens
     return y
 
