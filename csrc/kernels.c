@@ -6,14 +6,13 @@
  * one the CPU runs. The logic is the same on every machine, so the tests of
  * the portable build exercise it where no wide build can run.
  *
- * A float side is read twice: pass 1 streams it block by block (the block's
- * max, then its exps against the running max while the block is in L1, the
- * sum rescaled when the max grows); pass 2 reads it again from L2 beside the
- * base and sums the KL terms; llama mode's plain KL of a dump against
- * float logits reads both once instead (llama_logits_one_pass), each
- * block's terms taken against a guess of the normaliser that the end
- * corrects. Exps are float32 (< 0.9 ulp, unbiased), each
- * step runs QK_G of them with their stages interleaved, and sums are
+ * A float side is read twice: pass 1 streams it, each step's exps taken
+ * against the running max (the sum rescaled when a step raises it); pass 2
+ * reads it again from L2 beside the base and sums the KL terms; llama
+ * mode's plain KL of a dump against float logits reads both once instead
+ * (llama_logits_one_pass), each block's terms taken against a guess of the
+ * normaliser that the end corrects. Exps are float32 (< 0.9 ulp, unbiased),
+ * each step runs QK_G of them with their stages interleaved, and sums are
  * float64 (terms meet in float32 first only where that rounding stays far
  * below the contract: add_terms_g, add_exps_g); each KL term keeps the other
  * side's log-sum-exp inside it, p * ((lp - (y - Y)) + lse_hi), so that
@@ -28,6 +27,7 @@
  * in one copy per row kind with its flags tested at run time (it is opt-in,
  * and a copy per flag combination would double the build).
  */
+#include <float.h>
 #include <math.h>
 #include <string.h>
 
@@ -43,16 +43,17 @@
 #define QK_NAME(f) f##_portable
 #endif
 
-/* Entries per pass-1 block: 2 KB of float32, read again from L1 for the
- * exps (measured: 512 is 9 % faster than 2048, 256 no faster than 512). */
+/* Entries per block: 2 KB of float32, the unit of the top-k lists' block
+ * maxima and of llama mode's kept terms (measured when pass 1 read each
+ * block twice: 512 is 9 % faster than 2048, 256 no faster than 512). */
 #define QK_BLOCK 512
-/* Software prefetch distance of the streams read from memory (bytes; 8 and
- * 16 KB measured alike, 32 KB slower, on Zen 4), shared among the streams
- * a pass reads side by side. A pass that streams while its exps run, as
- * llama_logits_one_pass does, needs less ahead: 4 KB measured 4 % faster
- * than 16 KB there (2 and 8 KB between). */
-#define QK_PREFETCH 16384
-#define QK_PREFETCH_ONE_PASS 4096
+/* Software prefetch distance of the streams read from memory (bytes),
+ * shared among the streams a pass reads side by side. The passes stream
+ * while their exps run, and need less ahead than a loop that only loads:
+ * 4 KB measured 4 % faster than 16 KB in llama_logits_one_pass (2 and 8 KB
+ * between), and 0-5 % faster for two float sides (AVX-512, 2 threads,
+ * Zen 4). */
+#define QK_PREFETCH 4096
 /* Vectors per step. One exp is a chain of eleven dependent operations that
  * leaves the FP pipes idle; four independent chains with their stages
  * interleaved (GCC keeps source order on x86) keep them busy: -30 % time. */
@@ -535,17 +536,25 @@ QK_INLINE int64_t block_end(int64_t b, int64_t n) { return b + QK_BLOCK < n ? b 
 
 /* --- pass 1: a float side's normaliser -------------------------------------- */
 
-/* max and sum of exp(v - max), the exps added by add_exps_g. A
- * NaN logit makes the sum NaN and +inf makes the max +inf: no per-entry
- * check. */
+/* max and sum of exp(v - max), the exps added by add_exps_g, taken in one
+ * read against the running max: a step whose own max passes it rescales the
+ * sums (once per new record: a handful per row unless the logits rise
+ * along it), and the max is a vector too (m: -FLT_MAX until a finite logit,
+ * so that -inf logits before it give exps the rescale by 0 drops). One read
+ * instead of a max loop and then the exps from L1: +5-7 % (u16 x f32 and
+ * two float sides in llama mode, AVX-512, 2 threads, Zen 4, A/B in one
+ * process). A NaN logit makes the sum NaN and +inf makes the max +inf: no
+ * per-entry check. */
 typedef struct {
     float max;
+    vf m;
     vd lo, hi;
 } norm;
 
 QK_INLINE void norm_init(norm *s)
 {
     s->max = -INFINITY;
+    s->m = vf_set1(-FLT_MAX);
     s->lo = s->hi = vd_set1(0.0);
 }
 
@@ -558,75 +567,67 @@ QK_INLINE int32_t norm_status(const norm *s, double lse, int32_t nonfinite_bit, 
     return qk_side_status(s->max == INFINITY || isnan(lse), s->max, nonfinite_bit, empty_bit);
 }
 
-QK_INLINE void norm_add_g(norm *s, vf *v, vf max)
+/* Out of line and given no pointer: the sums stay in registers through the
+ * loop that calls it (a pointer into them kept them in memory: -7 % on two
+ * float sides in exact mode). */
+static __attribute__((noinline)) double norm_rescale(float old_max, float max)
 {
+    return old_max > -INFINITY ? exp((double)old_max - (double)max) : 0.0;
+}
+
+/* One step's logits v (consumed) into the sums; block_max: the block's
+ * max so far, for its top-k list. */
+QK_INLINE void norm_step(norm *s, vf *block_max, vf *v)
+{
+    const vf step_max = max_g(v);
+    *block_max = vf_max(step_max, *block_max);
+    if (vm_bits(vf_gt(step_max, s->m))) {
+        const float max = vf_hmax(step_max);
+        const vd f = vd_set1(norm_rescale(s->max, max));
+        s->lo = s->lo * f;
+        s->hi = s->hi * f;
+        s->max = max;
+        s->m = vf_set1(max);
+    }
     for (int j = 0; j < QK_G; j++)
-        v[j] = v[j] - max;
+        v[j] = v[j] - s->m;
     vf_exp_n(v, QK_G);
     add_exps_g(&s->lo, &s->hi, v);
 }
 
-/* Entries [b, e) of a float side: the block's max (from memory), listed
- * among the blocks its top-k list may come from, then, from L1, unless only
- * the max is wanted (max_only), its exps against the running max.
- * ahead: its prefetch distance in bytes; the prefetches are spread over the
- * exps, for issued all at once while the max is taken they overflow the
- * core's outstanding misses (measured: +4 % one stream, +16 % two). */
+/* Entries [b, e) of a float side into its sums, the block listed among
+ * those its top-k list may come from; with max_only, only its max.
+ * ahead: its prefetch distance in bytes. */
 QK_INLINE void norm_block(norm *s, const void *row, int dt, ptrdiff_t st, int64_t b, int64_t e,
                           qk_topk *blocks, int max_only, int64_t ahead)
 {
     const int64_t size = dt == QK_F32 ? 4 : 2;
-    vf m[QK_G];
-    for (int j = 0; j < QK_G; j++)
-        m[j] = vf_set1(-INFINITY);
+    vf block_max = vf_set1(-INFINITY);
     int64_t i = b;
     for (; i + QK_SPAN <= e; i += QK_SPAN) {
-        vf v[QK_G];
-        vmask valid[QK_G];
-        if (st == 1 && max_only) /* no exps to spread them over */
-            prefetch_span(row, size * i + ahead, size * QK_SPAN);
-        load_logits_g(v, valid, row, dt, st, i, e, 1);
-        for (int j = 0; j < QK_G; j++)
-            m[j] = vf_max(v[j], m[j]);
-    }
-    if (i < e) {
-        vf v[QK_G];
-        vmask valid[QK_G];
-        load_logits_g(v, valid, row, dt, st, i, e, 0);
-        for (int j = 0; j < QK_G; j++)
-            m[j] = vf_max(v[j], m[j]);
-    }
-    const float bm = vf_hmax(max_g(m));
-    blocks_add(blocks, bm, b);
-    if (max_only) {
-        s->max = bm > s->max ? bm : s->max;
-        return;
-    }
-    if (bm > s->max) {
-        if (s->max > -INFINITY) {
-            const vd f = vd_set1(exp((double)s->max - (double)bm));
-            s->lo = s->lo * f;
-            s->hi = s->hi * f;
-        }
-        s->max = bm;
-    }
-    if (s->max == -INFINITY)
-        return;
-    const vf max = vf_set1(s->max);
-    for (i = b; i + QK_SPAN <= e; i += QK_SPAN) {
         vf v[QK_G];
         vmask valid[QK_G];
         if (st == 1)
             prefetch_span(row, size * i + ahead, size * QK_SPAN);
         load_logits_g(v, valid, row, dt, st, i, e, 1);
-        norm_add_g(s, v, max);
+        if (max_only)
+            block_max = vf_max(max_g(v), block_max);
+        else
+            norm_step(s, &block_max, v);
     }
-    if (i < e) { /* lanes past the end give e^-87 each: nothing */
+    if (i < e) { /* lanes past the end read -inf: e^-87 each, nothing */
         vf v[QK_G];
         vmask valid[QK_G];
         load_logits_g(v, valid, row, dt, st, i, e, 0);
-        norm_add_g(s, v, max);
+        if (max_only)
+            block_max = vf_max(max_g(v), block_max);
+        else
+            norm_step(s, &block_max, v);
     }
+    const float bm = vf_hmax(block_max);
+    blocks_add(blocks, bm, b);
+    if (max_only)
+        s->max = bm > s->max ? bm : s->max;
 }
 
 /* --- llama row x logits ---------------------------------------------------- */
@@ -776,6 +777,32 @@ QK_INLINE int llama_logits_step(llama_logits_sums *s, const llama_logits_consts 
         t[j] = vf_keep(keep[j], e[j] * d[j]);
     add_terms_g(&s->t_lo, &s->t_hi, t);
     return n;
+}
+
+/* One step of llama_logits_row's pass 2 (nq NULL) or of
+ * llama_logits_one_pass, which adds the logits to their normaliser nq (y_max:
+ * the block's max) after the step has taken what it needs of them. full:
+ * the step lies in the block [.., e), whose streams are prefetched ahead
+ * bytes ahead. */
+QK_INLINE int llama_logits_span(llama_logits_sums *s, const llama_logits_consts *k, int flags,
+                                kept_terms *kept, int kept_n, vf *c_max, norm *nq, vf *y_max,
+                                const uint16_t *p_row, const void *q, int dt, ptrdiff_t st,
+                                int64_t i, int64_t e, int full, int64_t ahead)
+{
+    vf c[QK_G], y[QK_G];
+    vmask valid[QK_G];
+    if (full) {
+        const int64_t size = dt == QK_F32 ? 4 : 2;
+        prefetch_span(p_row, 8 + 2 * i + ahead, 2 * QK_SPAN);
+        if (nq && st == 1)
+            prefetch_span(q, size * i + ahead, size * QK_SPAN);
+    }
+    load_codes_g(c, p_row, i, e, full);
+    load_logits_g(y, valid, q, dt, st, i, e, full);
+    kept_n = llama_logits_step(s, k, flags, kept, kept_n, c_max, c, y, valid);
+    if (nq)
+        norm_step(nq, y_max, y);
+    return kept_n;
 }
 
 /* What a kept-terms buffer holds: p and d; p's exp argument (log p) and d;
@@ -951,8 +978,9 @@ QK_INLINE void guess_normaliser(const kept_terms *kept, int kept_n, float block_
 /* llama mode's forward KL alone (the plain copies: no reverse, no JS) in
  * one pass over both rows, so that memory streams while the exps run
  * instead of in a burst through pass 1 (measured: +5 %, u16 x f32, AVX-512,
- * 2 threads, Zen 4). Each block takes its exps of y against the running
- * max m, then its kept terms with y still in L1, d = (lp - (y - m)) + c,
+ * 2 threads, Zen 4). Each step packs its kept codes and logits, then adds
+ * the logits' exps against the running max m (norm_step); at the block's
+ * end its kept terms run with y still in L1, d = (lp - (y - m)) + c,
  * c = G - m for G a guess of the row's normaliser (guess_normaliser): d is
  * then lp - lq less the guess's error, as small as the two-pass terms where
  * P and Q are alike. What the guess misses, (Y + lse) - G times the kept p
@@ -985,24 +1013,15 @@ QK_INLINE void llama_logits_one_pass(const uint16_t *p_row, const void *q, int d
     double p_sum = 0.0, p_guess = 0.0; /* kept p, and kept p times G */
     for (int64_t b = 0; b < n; b += QK_BLOCK) {
         const int64_t e = block_end(b, n);
-        norm_block(&nq, q, dt, st, b, e, &bq, 0, QK_PREFETCH_ONE_PASS / 2);
-        vf c_max = vf_set1(0.0f); /* lanes past the end: code 0 */
+        vf c_max = vf_set1(0.0f), y_max = vf_set1(-INFINITY);
         int64_t i = b;
-        for (; i + QK_SPAN <= e; i += QK_SPAN) {
-            vf c[QK_G], y[QK_G];
-            vmask valid[QK_G];
-            prefetch_span(p_row, 8 + 2 * i + QK_PREFETCH_ONE_PASS / 2, 2 * QK_SPAN);
-            load_codes_g(c, p_row, i, e, 1);
-            load_logits_g(y, valid, q, dt, st, i, e, 1);
-            kept_n = llama_logits_step(&s, &k, 0, &kept, kept_n, &c_max, c, y, valid);
-        }
-        if (i < e) {
-            vf c[QK_G], y[QK_G];
-            vmask valid[QK_G];
-            load_codes_g(c, p_row, i, e, 0);
-            load_logits_g(y, valid, q, dt, st, i, e, 0);
-            kept_n = llama_logits_step(&s, &k, 0, &kept, kept_n, &c_max, c, y, valid);
-        }
+        for (; i + QK_SPAN <= e; i += QK_SPAN)
+            kept_n = llama_logits_span(&s, &k, 0, &kept, kept_n, &c_max, &nq, &y_max, p_row, q,
+                                       dt, st, i, e, 1, QK_PREFETCH / 2);
+        if (i < e)
+            kept_n = llama_logits_span(&s, &k, 0, &kept, kept_n, &c_max, &nq, &y_max, p_row, q,
+                                       dt, st, i, e, 0, 0);
+        blocks_add(&bq, vf_hmax(y_max), b);
         const float block_max = vf_hmax(c_max);
         blocks_add(&bp, qk_decode(&h, (uint16_t)block_max), b);
         guess_normaliser(&kept, kept_n, block_max, &h, &best, &guess);
@@ -1080,21 +1099,12 @@ QK_INLINE void llama_logits_row(const uint16_t *p_row, const void *q, int dt, pt
         vf c_max = vf_set1(0.0f); /* lanes past the end: code 0 */
         s.lp_max = vf_set1(-INFINITY);
         int64_t i = b;
-        for (; i + QK_SPAN <= e; i += QK_SPAN) {
-            vf c[QK_G], y[QK_G];
-            vmask valid[QK_G];
-            prefetch_span(p_row, 8 + 2 * i + QK_PREFETCH, 2 * QK_SPAN);
-            load_codes_g(c, p_row, i, e, 1);
-            load_logits_g(y, valid, q, dt, st, i, e, 1);
-            kept_n = llama_logits_step(&s, &k, flags, &kept, kept_n, &c_max, c, y, valid);
-        }
-        if (i < e) {
-            vf c[QK_G], y[QK_G];
-            vmask valid[QK_G];
-            load_codes_g(c, p_row, i, e, 0);
-            load_logits_g(y, valid, q, dt, st, i, e, 0);
-            kept_n = llama_logits_step(&s, &k, flags, &kept, kept_n, &c_max, c, y, valid);
-        }
+        for (; i + QK_SPAN <= e; i += QK_SPAN)
+            kept_n = llama_logits_span(&s, &k, flags, &kept, kept_n, &c_max, NULL, NULL, p_row, q,
+                                       dt, st, i, e, 1, QK_PREFETCH);
+        if (i < e)
+            kept_n = llama_logits_span(&s, &k, flags, &kept, kept_n, &c_max, NULL, NULL, p_row, q,
+                                       dt, st, i, e, 0, 0);
         if (!exact) {
             kept_n = kept_sum(&kept, kept_n, flags & QK_REVERSE ? KEPT_P : KEPT_CODES, &k,
                               &s.t_lo, &s.t_hi, &s.p32, e == n);
