@@ -539,15 +539,17 @@ QK_INLINE int64_t block_end(int64_t b, int64_t n) { return b + QK_BLOCK < n ? b 
 /* max and sum of exp(v - max), the exps added by add_exps_g, taken in one
  * read against the running max: a step whose own max passes it rescales the
  * sums (once per new record: a handful per row unless the logits rise
- * along it), and the max is a vector too (m: -FLT_MAX until a finite logit,
- * so that -inf logits before it give exps the rescale by 0 drops). One read
+ * along it). The max is a vector too, m, -FLT_MAX until a finite logit so
+ * that -inf logits before it give exps (0, not NaN) that the rescale drops;
+ * the step's max is compared with pass, -inf until then, so that a first
+ * finite logit of -FLT_MAX still counts as one. One read
  * instead of a max loop and then the exps from L1: +5-7 % (u16 x f32 and
  * two float sides in llama mode, AVX-512, 2 threads, Zen 4, A/B in one
  * process). A NaN logit makes the sum NaN and +inf makes the max +inf: no
  * per-entry check. */
 typedef struct {
     float max;
-    vf m;
+    vf m, pass;
     vd lo, hi;
 } norm;
 
@@ -555,6 +557,7 @@ QK_INLINE void norm_init(norm *s)
 {
     s->max = -INFINITY;
     s->m = vf_set1(-FLT_MAX);
+    s->pass = vf_set1(-INFINITY);
     s->lo = s->hi = vd_set1(0.0);
 }
 
@@ -581,13 +584,13 @@ QK_INLINE void norm_step(norm *s, vf *block_max, vf *v)
 {
     const vf step_max = max_g(v);
     *block_max = vf_max(step_max, *block_max);
-    if (vm_bits(vf_gt(step_max, s->m))) {
+    if (vm_bits(vf_gt(step_max, s->pass))) {
         const float max = vf_hmax(step_max);
         const vd f = vd_set1(norm_rescale(s->max, max));
         s->lo = s->lo * f;
         s->hi = s->hi * f;
         s->max = max;
-        s->m = vf_set1(max);
+        s->pass = s->m = vf_set1(max);
     }
     for (int j = 0; j < QK_G; j++)
         v[j] = v[j] - s->m;
@@ -960,16 +963,20 @@ static inline float llama_nll(float max, double lse, float logit)
  * y - lp = N - (lp - lq). The largest code kept so far (from the block the
  * kept buffer now holds, where it beats *best) gives the guess: its term
  * carries most weight, and its log-ratio, the guess's error, is small
- * wherever P and Q are alike. Entries whose y is -inf guess nothing. */
+ * wherever P and Q are alike. Entries whose y is -inf guess nothing. The
+ * guess is kept as its y and lp, for the caller to take y - m first: with
+ * logits near -3e38, y - lp in float64 would lose lp. */
 QK_INLINE void guess_normaliser(const kept_terms *kept, int kept_n, float block_max,
-                                const qk_header *h, float *best, double *guess)
+                                const qk_header *h, float *best, float *guess_y,
+                                float *guess_lp)
 {
     if (!(block_max > *best))
         return;
     for (int i = 0; i < kept_n; i++) {
         if (kept->a[i] == block_max && kept->y[i] > -INFINITY) {
             *best = block_max;
-            *guess = (double)kept->y[i] - (double)qk_decode(h, (uint16_t)block_max);
+            *guess_y = kept->y[i];
+            *guess_lp = qk_decode(h, (uint16_t)block_max);
             return;
         }
     }
@@ -1008,9 +1015,14 @@ QK_INLINE void llama_logits_one_pass(const uint16_t *p_row, const void *q, int d
     qk_topk tq = {0}, bq = {0}, tp = {0}, bp = {0};
     kept_terms kept;
     int kept_n = 0;
-    float best = -1.0f;                /* the code the guess came from */
-    double guess = 0.0;                /* G; until there is one, no kept y is finite */
-    double p_sum = 0.0, p_guess = 0.0; /* kept p, and kept p times G */
+    float best = -1.0f; /* the code the guess came from */
+    /* the guess G = y - lp; until there is one, no kept y is finite */
+    float guess_y = 0.0f, guess_lp = 0.0f;
+    /* kept p, and kept p times (m - (m_b + c_b)), m the running max and m_b,
+     * c_b each block's: relative to m, as logits of -3e38 would lose the
+     * normaliser to float64 rounding in (m + lse) * sum p - sum p * G */
+    double p_sum = 0.0, shift = 0.0;
+    float shift_max = 0.0f; /* the m shift is relative to, once p_sum > 0 */
     for (int64_t b = 0; b < n; b += QK_BLOCK) {
         const int64_t e = block_end(b, n);
         vf c_max = vf_set1(0.0f), y_max = vf_set1(-INFINITY);
@@ -1024,18 +1036,21 @@ QK_INLINE void llama_logits_one_pass(const uint16_t *p_row, const void *q, int d
         blocks_add(&bq, vf_hmax(y_max), b);
         const float block_max = vf_hmax(c_max);
         blocks_add(&bp, qk_decode(&h, (uint16_t)block_max), b);
-        guess_normaliser(&kept, kept_n, block_max, &h, &best, &guess);
+        guess_normaliser(&kept, kept_n, block_max, &h, &best, &guess_y, &guess_lp);
         /* no finite y yet (the kept terms wait), or +inf (the row is refused) */
         if (!(nq.max > -INFINITY && nq.max < INFINITY))
             continue;
-        const float c_b = (float)(guess - (double)nq.max);
+        if (p_sum > 0.0)
+            shift += p_sum * ((double)nq.max - (double)shift_max);
+        shift_max = nq.max;
+        const float c_b = (float)(((double)guess_y - (double)nq.max) - (double)guess_lp);
         k.ymax = vf_set1(nq.max);
         k.lse_hi = vf_set1(c_b);
         vf p32 = vf_set1(0.0f);
         kept_n = kept_sum(&kept, kept_n, KEPT_CODES, &k, &s.t_lo, &s.t_hi, &p32, e == n);
         const double p_block = vd_hsum(widened_sum(vf_lo_pd(p32), vf_hi_pd(p32)));
         p_sum += p_block;
-        p_guess += p_block * ((double)nq.max + (double)c_b);
+        shift -= p_block * (double)c_b;
     }
     const double lse = norm_lse(&nq);
     out->status = norm_status(&nq, lse, QK_Q_NONFINITE, QK_Q_EMPTY);
@@ -1049,9 +1064,9 @@ QK_INLINE void llama_logits_one_pass(const uint16_t *p_row, const void *q, int d
         out->status = QK_P_CORRUPT;
         return;
     }
-    out->kld = vd_hsum(widened_sum(s.t_lo, s.t_hi)) + (((double)nq.max + lse) * p_sum - p_guess);
+    out->kld = vd_hsum(widened_sum(s.t_lo, s.t_hi)) + (shift + lse * p_sum);
     const float y_tok = qk_logit_at(q, dt, st, tok);
-    out->nll_q = ((double)nq.max + lse) - y_tok;
+    out->nll_q = ((double)nq.max - y_tok) + lse;
     out->nll_q_llama = llama_nll(nq.max, lse, y_tok);
     out->nll_p = -(double)qk_decode(&h, qk_code(p_row, tok));
     qk_set_tops(out, &tp, &tq, exp((double)tp.val[0]));
@@ -1158,7 +1173,7 @@ QK_INLINE void llama_logits_row(const uint16_t *p_row, const void *q, int dt, pt
         out->rkl = q_scale * r - lse_lo;
     if (flags & QK_JS)
         out->js = js_of(&s.js, 1.0, -(lse - lse_hi));
-    out->nll_q = ((double)nq.max + lse) - y_tok;
+    out->nll_q = ((double)nq.max - y_tok) + lse;
     out->nll_q_llama = llama_nll(nq.max, lse, y_tok);
     if (exact && c_tok == 0)
         out->nll_p = y_tok > -INFINITY ? -c_tail : INFINITY;
@@ -1424,8 +1439,8 @@ QK_INLINE void logits_logits_row(const void *p, int dp, ptrdiff_t sp, const void
     if (flags & QK_JS)
         out->js = js_of(&s.js, exp(-(lse_p1 - lsep_hi)), -((lse_q - lse_p1) - dlse_hi));
     const float y_tok = qk_logit_at(q, dq, sq, tok);
-    out->nll_p = ((double)np.max + lse_p) - qk_logit_at(p, dp, sp, tok);
-    out->nll_q = ((double)nq.max + lse_q) - y_tok;
+    out->nll_p = ((double)np.max - qk_logit_at(p, dp, sp, tok)) + lse_p;
+    out->nll_q = ((double)nq.max - y_tok) + lse_q;
     out->nll_q_llama = llama_nll(nq.max, lse_q, y_tok);
     qk_set_tops(out, &tp, &tq, exp(-lse_p));
 }

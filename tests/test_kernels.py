@@ -361,6 +361,31 @@ def test_leading_blocks_fully_masked(kernel_path, rng, side):
               reference.score_rows(base, y, tok, mode))
 
 
+@pytest.mark.parametrize("v", [1, 70, 5000])
+def test_lowest_finite_logit_is_a_logit(kernel_path, v):
+    """Rows whose only finite logits are float32's lowest (-3.4e38), after
+    -inf ones: a float side's running max starts below every finite value
+    but must still take this one as the first (found by the fuzz test), and
+    the NLL must not lose log(n) against 3.4e38."""
+    low = np.finfo(np.float32).min
+    x = np.full((2, v), low, np.float32)
+    x[:, : v // 2] = -np.inf
+    x[1, -1] = 0.0  # and one row where a larger logit follows
+    y = x.copy()
+    tok = np.full(2, v - 1)
+    # a dump of such a row is lossy (its clip point M - 16 rounds to M):
+    # the dump side comes from the same support with equal logits instead
+    base, _ = quantkl.encode_llama_rows(np.where(np.isinf(x), x, 0).astype(np.float32), tok)
+    # (not the reverse KL: its terms e^-87.3 * 3.4e38 stand for 0 * 3.4e38;
+    # like test_fuzz, the contract is for logits a model can produce)
+    for mode in ("llama", "exact"):
+        for p in (x, base):
+            got, want = quantkl.score_rows(p, y, tok, mode=mode), reference.score_rows(p, y, tok, mode)
+            for name, rel in (("kld", 1e-6), ("nll_p", 1e-7), ("nll_q", 1e-7)):
+                np.testing.assert_allclose(getattr(got, name), want[name], rtol=rel, atol=1e-7)
+            np.testing.assert_array_equal(got.top_q, want["top_q"])
+
+
 def test_every_compiled_path_is_listed():
     """The paths this build holds: portable always, AVX2 and AVX-512 on x86-64."""
     import platform
