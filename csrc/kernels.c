@@ -466,6 +466,43 @@ QK_INLINE double mass_error(const mass_sum *m)
     return QK_EXP_ERR4 * sqrt(vd_hsum(widened_sum(vf_lo_pd(m->sq), vf_hi_pd(m->sq)))) + 1e-15;
 }
 
+/* A dump's mass needs exp(lq) only where its code is > 0: a quarter of a
+ * language model's row (the entries within 16 nats of its max). Packed as
+ * kept terms are (kept_add_g), their exps run on full vectors at each
+ * block's end instead of on every lane of every step. */
+typedef struct {
+    float l[QK_KEPT];
+} live_log_p;
+
+QK_INLINE int live_add_g(live_log_p *b, int n, const vmask *live, const vf *l)
+{
+    for (int j = 0; j < QK_G; j++) {
+        vf_store_packed(b->l + n, vm_pack(live[j]), l[j]);
+        n += count(live[j]);
+    }
+    return n;
+}
+
+/* The buffer's full steps into m (all: every entry, the last step masked);
+ * returns what is left, moved to the front. */
+QK_INLINE int live_mass(live_log_p *b, int n, mass_sum *m, int all)
+{
+    int i = 0;
+    for (; i < n && (all || i + QK_SPAN <= n); i += QK_SPAN) {
+        vf l[QK_G], e[QK_G];
+        vmask live[QK_G];
+        for (int j = 0; j < QK_G; j++)
+            e[j] = l[j] = vf_load_f32(b->l + i + j * QK_W);
+        valid_g(live, i, n, i + QK_SPAN <= n);
+        vf_exp_n(e, QK_G);
+        add_mass_g(m, live, l, e);
+    }
+    if (all)
+        return 0;
+    memmove(b->l, b->l + i, sizeof(float) * (size_t)(n - i));
+    return n - i;
+}
+
 /* How far a tail log p from a mass within err of the float64 one may sit
  * from the tail log p of that float64 mass (0 where the clamp holds it
  * whatever the mass, +inf where 1 - mass may be 0 or below). */
@@ -1559,8 +1596,8 @@ QK_INLINE void llama_llama_reverse(llama_llama_sums *s, const vf *cp, const vf *
 }
 
 QK_INLINE int llama_llama_step(llama_llama_sums *s, const llama_llama_consts *k, int flags,
-                               kept_terms *b, int n, const vf *cp, const vf *cq,
-                               const vmask *valid)
+                               kept_terms *b, int n, live_log_p *lb, int *lb_n, const vf *cp,
+                               const vf *cq, const vmask *valid)
 {
     const int exact = flags & QK_EXACT, reverse = flags & QK_REVERSE;
     vf lp[QK_G], lq[QK_G], eq[QK_G], d[QK_G], t[QK_G], pq[QK_G];
@@ -1574,14 +1611,18 @@ QK_INLINE int llama_llama_step(llama_llama_sums *s, const llama_llama_consts *k,
          * (the tail's, known only at the end) through a float64 correction:
          * the terms stay small when P and Q are alike. */
         d[j] = lp[j] - vf_select(q_live[j], lq[j], k->mq);
-        eq[j] = lq[j];
     }
     s->lp_max = vf_max(max_g(lp), s->lp_max);
     s->lq_max = vf_max(max_g(lq), s->lq_max);
-    vf_exp_n(eq, QK_G);
-    add_mass_g(&s->q, q_live, lq, eq);
-    if (reverse)
+    if (reverse) { /* its terms take exp(lq) on every lane */
+        for (int j = 0; j < QK_G; j++)
+            eq[j] = lq[j];
+        vf_exp_n(eq, QK_G);
+        add_mass_g(&s->q, q_live, lq, eq);
         llama_llama_reverse(s, cp, lp, lq, eq, q_live, valid, k->zero);
+    } else {
+        *lb_n = live_add_g(lb, *lb_n, q_live, lq);
+    }
     if (flags & QK_JS)
         llama_llama_js(s, k, cp, lp, lq, q_live, valid);
     if (exact || reverse) { /* the base's tail: its code-0 entries */
@@ -1696,7 +1737,8 @@ QK_INLINE void llama_llama_row(const uint16_t *p_row, const uint16_t *q_row, int
     qk_topk tp = {0};
     qk_topk tq = {0}, bp = {0}, bq = {0};
     kept_terms kept;
-    int kept_n = 0;
+    live_log_p live;
+    int kept_n = 0, live_n = 0;
     for (int64_t b = 0; b < n; b += QK_BLOCK) {
         const int64_t e = block_end(b, n);
         s.lp_max = s.lq_max = vf_set1(-INFINITY);
@@ -1709,7 +1751,7 @@ QK_INLINE void llama_llama_row(const uint16_t *p_row, const uint16_t *q_row, int
             load_codes_g(cp, p_row, i, e, 1);
             load_codes_g(cq, q_row, i, e, 1);
             valid_g(valid, i, e, 1);
-            kept_n = llama_llama_step(&s, &k, flags, &kept, kept_n, cp, cq, valid);
+            kept_n = llama_llama_step(&s, &k, flags, &kept, kept_n, &live, &live_n, cp, cq, valid);
         }
         if (i < e) {
             vf cp[QK_G], cq[QK_G];
@@ -1717,11 +1759,13 @@ QK_INLINE void llama_llama_row(const uint16_t *p_row, const uint16_t *q_row, int
             load_codes_g(cp, p_row, i, e, 0);
             load_codes_g(cq, q_row, i, e, 0);
             valid_g(valid, i, e, 0);
-            kept_n = llama_llama_step(&s, &k, flags, &kept, kept_n, cp, cq, valid);
+            kept_n = llama_llama_step(&s, &k, flags, &kept, kept_n, &live, &live_n, cp, cq, valid);
         }
         if (!exact)
             kept_n = kept_sum(&kept, kept_n, flags & QK_REVERSE ? KEPT_P : KEPT_LOG_P, NULL,
                               &s.t_lo, &s.t_hi, &s.p32, e == n);
+        if (!(flags & QK_REVERSE))
+            live_n = live_mass(&live, live_n, &s.q, e == n);
         blocks_add(&bp, vf_hmax(s.lp_max), b);
         blocks_add(&bq, vf_hmax(s.lq_max), b);
     }
