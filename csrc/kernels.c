@@ -579,11 +579,10 @@ QK_INLINE int64_t block_end(int64_t b, int64_t n) { return b + QK_BLOCK < n ? b 
  * along it). The max is a vector too, m, -FLT_MAX until a finite logit so
  * that -inf logits before it give exps (0, not NaN) that the rescale drops;
  * the step's max is compared with pass, -inf until then, so that a first
- * finite logit of -FLT_MAX still counts as one. One read
- * instead of a max loop and then the exps from L1: +5-7 % (u16 x f32 and
- * two float sides in llama mode, AVX-512, 2 threads, Zen 4, A/B in one
- * process). A NaN logit makes the sum NaN and +inf makes the max +inf: no
- * per-entry check. */
+ * finite logit of -FLT_MAX still counts as one. One read instead of a max
+ * loop and then the exps from L1: +5-7 % (u16 x f32 and two float sides in
+ * llama mode, AVX-512, 2 threads, Zen 4, A/B in one process). A NaN logit
+ * makes the sum NaN and +inf makes the max +inf: no per-entry check. */
 typedef struct {
     float max;
     vf m, pass;

@@ -380,7 +380,8 @@ def test_lowest_finite_logit_is_a_logit(kernel_path, v):
     # like test_fuzz, the contract is for logits a model can produce)
     for mode in ("llama", "exact"):
         for p in (x, base):
-            got, want = quantkl.score_rows(p, y, tok, mode=mode), reference.score_rows(p, y, tok, mode)
+            got = quantkl.score_rows(p, y, tok, mode=mode)
+            want = reference.score_rows(p, y, tok, mode)
             for name, rel in (("kld", 1e-6), ("nll_p", 1e-7), ("nll_q", 1e-7)):
                 np.testing.assert_allclose(getattr(got, name), want[name], rtol=rel, atol=1e-7)
             np.testing.assert_array_equal(got.top_q, want["top_q"])
