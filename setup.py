@@ -27,7 +27,7 @@ from setuptools.command.build_ext import build_ext
 BASE_FLAGS = ["-O3", "-std=c11", "-ffp-contract=off", "-fno-math-errno"]
 KERNELS = "csrc/kernels.c"
 HEADERS = ["csrc/quantkl.h", "csrc/dispatch.h", "csrc/rowstate.h", "csrc/simd.h",
-           "csrc/llama_loop.h", "csrc/guard.h"]
+           "csrc/llama_loop.h", "csrc/read_loop.h", "csrc/guard.h"]
 
 # Instruction sets with a copy of the kernels of their own, and a line only
 # a compiler that can target the set accepts.
@@ -101,7 +101,8 @@ class BuildExt(build_ext):
 extensions = [
     Extension(
         "quantkl._kernels",
-        sources=["quantkl/_kernels.pyx", "csrc/dispatch.c", "csrc/guard.c", "csrc/llama_loop.c"],
+        sources=["quantkl/_kernels.pyx", "csrc/dispatch.c", "csrc/guard.c", "csrc/llama_loop.c",
+                 "csrc/read_loop.c"],
         include_dirs=["csrc"],
         depends=HEADERS + [KERNELS],
     )

@@ -7,7 +7,7 @@ and collect their per-row outputs into numpy arrays.
 """
 import numpy as np
 from cython.parallel cimport prange
-from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t
+from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint64_t
 from libc.string cimport memcpy
 
 cdef extern from "quantkl.h" nogil:
@@ -41,6 +41,9 @@ cdef extern from "quantkl.h" nogil:
 cdef extern from "llama_loop.h" nogil:
     double qk_llama_loop_kld(const uint16_t *base_row, const float *logits, int64_t n_vocab)
     void qk_llama_loop_encode(const float *logits, int64_t n_vocab, uint16_t *row)
+
+cdef extern from "read_loop.h" nogil:
+    uint64_t qk_read_loop(const void *row, int64_t bytes)
 
 cdef extern from "guard.h" nogil:
     int qk_guard_install()
@@ -243,6 +246,17 @@ def llama_loop_encode_rows(const float[:, ::1] logits, uint16_t[:, ::1] rows, in
     cdef int64_t n_vocab = logits.shape[1]
     for i in prange(n, nogil=True, schedule="dynamic", num_threads=threads):
         qk_llama_loop_encode(&logits[i, 0], n_vocab, &rows[i, 0])
+
+
+def read_loop_rows(const uint8_t[:, ::1] rows, int threads):
+    """Each row's 64-bit words XORed, read by nothing but loads (benchmarks' memory yardstick)."""
+    cdef Py_ssize_t n = rows.shape[0], i
+    cdef int64_t n_bytes = rows.shape[1]
+    out_arr = np.empty(n, np.uint64)
+    cdef uint64_t[::1] out = out_arr
+    for i in prange(n, nogil=True, schedule="dynamic", num_threads=threads):
+        out[i] = qk_read_loop(&rows[i, 0], n_bytes)
+    return out_arr
 
 
 def kernel_paths():

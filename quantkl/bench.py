@@ -6,8 +6,11 @@ timed beside a plain float32 numpy implementation on the same arrays, and
 beside llama.cpp's own per-row loop (csrc/llama_loop.c, written from SPEC §3:
 expf per entry, float32 terms, double sums) on the same rows: the KL loop for
 the scoring kernels (what llama-perplexity --kl-divergence does per entry, on
-the u16 x f32 pair it supports), the encoder loop for the encoder. Ratios
-measured in one run hold on a noisy machine even when absolute figures move.
+the u16 x f32 pair it supports), the encoder loop for the encoder. A loop of
+nothing but loads over the u16 x f32 pair's arrays (csrc/read_loop.c) gives
+the memory's rate on the same threads, the most bytes per second a kernel
+that streams its rows once can read. Ratios measured in one run hold on a
+noisy machine even when absolute figures move.
 
 The logits are synthetic but shaped like a language model's: normal(0, 2.5)
 with 1 % of tokens lifted by 8 nats, which leaves about a quarter of the
@@ -70,9 +73,16 @@ def bfloat16_dtype():
 
 
 @dataclass
+class MemoryRead:
+    """The memory yardstick: n_bytes read by run, nothing but loads."""
+    run: Callable[[], object]
+    n_bytes: int
+
+
+@dataclass
 class Workload:
-    """One kernel on one set of arrays: the fast call, its numpy twin, and
-    llama.cpp's loop for the same kind of work."""
+    """One kernel on one set of arrays: the fast call, its numpy twin,
+    llama.cpp's loop for the same kind of work, and the memory yardstick."""
     name: str
     mode: str
     n_entries: int
@@ -80,6 +90,7 @@ class Workload:
     run: Callable[[], object]
     run_reference: Callable[[], object]
     run_llama: Callable[[], object]
+    memory_read: MemoryRead
 
 
 def workloads(vocab: int = 151936, rows: int = 255, threads: Optional[int] = None,
@@ -93,13 +104,17 @@ def workloads(vocab: int = 151936, rows: int = 255, threads: Optional[int] = Non
     base_rows = encode_llama_rows(x, tok, threads=threads)[0]
     loop_threads = threads_for(thread_count(threads), rows, vocab)
     llama_kld = lambda: _kernels.llama_loop_kld_rows(base_rows.rows, y, loop_threads)  # noqa: E731
+    streams = (base_rows.rows.view(np.uint8), y.view(np.uint8))
+    memory = MemoryRead(lambda: [_kernels.read_loop_rows(s, loop_threads) for s in streams],
+                        sum(s.nbytes for s in streams))
     for name in kernels:
         if name == "u16xf32":
             for mode in ("llama", "exact"):
                 out.append(Workload(
                     name, mode, n, 6,
                     lambda m=mode: score_rows(base_rows, y, tok, mode=m, threads=threads),
-                    lambda m=mode: reference.kld_numpy_f32(base_rows, y, m), llama_kld))
+                    lambda m=mode: reference.kld_numpy_f32(base_rows, y, m), llama_kld,
+                    memory))
         elif name in ("f32xf32", "f16xf16", "bf16xbf16"):
             dt = {"f32xf32": np.float32, "f16xf16": np.float16,
                   "bf16xbf16": bfloat16_dtype()}[name]
@@ -110,7 +125,8 @@ def workloads(vocab: int = 151936, rows: int = 255, threads: Optional[int] = Non
                 out.append(Workload(
                     name, mode, n, 2 * a.itemsize,
                     lambda a=a, b=b, m=mode: score_rows(a, b, tok, mode=m, threads=threads),
-                    lambda a=a, b=b, m=mode: reference.kld_numpy_f32(a, b, m), llama_kld))
+                    lambda a=a, b=b, m=mode: reference.kld_numpy_f32(a, b, m), llama_kld,
+                    memory))
         elif name == "u16xu16":
             other_rows = other_rows or encode_llama_rows(y, tok, threads=threads)[0]
             for mode in ("llama", "exact"):
@@ -118,14 +134,15 @@ def workloads(vocab: int = 151936, rows: int = 255, threads: Optional[int] = Non
                     name, mode, n, 4,
                     lambda m=mode: score_rows(base_rows, other_rows, tok, mode=m,
                                               threads=threads),
-                    lambda m=mode: reference.kld_numpy_f32(base_rows, other_rows, m), llama_kld))
+                    lambda m=mode: reference.kld_numpy_f32(base_rows, other_rows, m), llama_kld,
+                    memory))
         elif name == "encode":
             buf = np.empty((rows, 2 * ((vocab + 1) // 2) + 4), np.uint16)
             out.append(Workload(
                 name, "llama", n, 6,
                 lambda: encode_llama_rows(x, tok, threads=threads, out=buf),
                 lambda: reference.encode_llama_rows_numpy_f32(x),
-                lambda: _kernels.llama_loop_encode_rows(x, buf, loop_threads)))
+                lambda: _kernels.llama_loop_encode_rows(x, buf, loop_threads), memory))
         else:
             raise ValueError(f"unknown kernel {name!r}; choose from {', '.join(KERNELS)}")
     return out
@@ -152,14 +169,15 @@ def best_time(fn: Callable[[], object], repeat: int = 3) -> float:
 
 def measure_all(ws: List[Workload], rounds: int = 5,
                 on_round: Optional[Callable[[int, int], None]] = None) -> List[Dict[str, object]]:
-    """Rates of every workload and its yardsticks. The kernels and llama.cpp's
-    loops are timed round-robin, each once per round (after one warm-up), and
-    each keeps its best round: on a shared machine a noisy spell then slows
-    every kernel of a round alike instead of one kernel's repeats, so the
-    ratios between kernels, and to llama.cpp's loop, hold. The numpy
-    baselines, 5 to 100 times slower, run once each."""
+    """Rates of every workload and its yardsticks. The kernels, llama.cpp's
+    loops and the memory read are timed round-robin, each once per round
+    (after one warm-up), and each keeps its best round: on a shared machine a
+    noisy spell then slows every kernel of a round alike instead of one
+    kernel's repeats, so the ratios between kernels, and to the yardsticks,
+    hold. The numpy baselines, 5 to 100 times slower, run once each."""
     loops = list(dict.fromkeys(w.run_llama for w in ws))
-    timed = [w.run for w in ws] + loops
+    reads = list(dict.fromkeys(w.memory_read.run for w in ws))
+    timed = [w.run for w in ws] + loops + reads
     best = {id(f): float("inf") for f in timed}
     for f in timed:
         f()
@@ -175,10 +193,12 @@ def measure_all(ws: List[Workload], rounds: int = 5,
         rate = w.n_entries / best[id(w.run)] / 1e6
         ref = w.n_entries / best_time(w.run_reference, 1) / 1e6
         llama = w.n_entries / best[id(w.run_llama)] / 1e6
-        out.append({"name": w.name, "mode": w.mode, "rate_M_per_s": rate,
-                    "GB_per_s": rate * w.bytes_per_entry / 1e3,
+        gbs = rate * w.bytes_per_entry / 1e3
+        read = w.memory_read.n_bytes / best[id(w.memory_read.run)] / 1e9
+        out.append({"name": w.name, "mode": w.mode, "rate_M_per_s": rate, "GB_per_s": gbs,
                     "reference_rate_M_per_s": ref, "ratio": rate / ref,
-                    "llama_loop_rate_M_per_s": llama, "llama_loop_ratio": rate / llama})
+                    "llama_loop_rate_M_per_s": llama, "llama_loop_ratio": rate / llama,
+                    "read_loop_GB_per_s": read, "read_loop_fraction": gbs / read})
     return out
 
 

@@ -343,14 +343,15 @@ def cmd_bench(args) -> int:
         m = machine()
         print(f"{m['cpu']}, {m['cores']} cores, AVX-512 {'yes' if m['avx512'] else 'no'}, "
               f"kernel path {m['kernel_path']}; vocab {args.vocab}, {args.rows} rows, "
-              f"threads {args.threads or m['cores']}")
+              f"threads {args.threads or m['cores']}; memory read "
+              f"{results[0]['read_loop_GB_per_s']:.2f} GB/s")
         print(f"{'kernel':<10} {'mode':<6} {'quantkl M/s':>12} {'numpy M/s':>10} {'x numpy':>8} "
-              f"{'llama.cpp M/s':>14} {'x llama.cpp':>12} {'GB/s':>6}")
+              f"{'llama.cpp M/s':>14} {'x llama.cpp':>12} {'GB/s':>6} {'of read':>8}")
         for r in results:
             print(f"{r['name']:<10} {r['mode']:<6} {r['rate_M_per_s']:12.1f} "
                   f"{r['reference_rate_M_per_s']:10.1f} {r['ratio']:7.1f}x "
                   f"{r['llama_loop_rate_M_per_s']:14.1f} {r['llama_loop_ratio']:11.1f}x "
-                  f"{r['GB_per_s']:6.2f}")
+                  f"{r['GB_per_s']:6.2f} {r['read_loop_fraction']:7.0%}")
     else:
         print(json.dumps({"machine": machine(), "vocab": args.vocab, "rows": args.rows,
                           "threads": args.threads, "kernels": results}, indent=2))
@@ -623,8 +624,9 @@ def build_parser() -> argparse.ArgumentParser:
     b = sub.add_parser("bench", parents=[common], help="measure the kernels on this machine",
                        description="Rate of each kernel in M vocabulary entries/s, beside a "
                                    "numpy float32 baseline and llama.cpp's own per-row loop "
-                                   "(written here from its source), both measured in the same "
-                                   "run.")
+                                   "(written here from its source), and its bytes per second "
+                                   "as a fraction of a loop of nothing but loads (the memory's "
+                                   "rate), all measured in the same run.")
     b.add_argument("--vocab", type=positive_int, default=151936, help="vocabulary (default 151936)")
     b.add_argument("--rows", type=positive_int, default=255, help="rows per block (default 255)")
     b.add_argument("--kernels", help="comma-separated subset of "

@@ -148,6 +148,35 @@ def test_info(golden, capsys):
     assert "tokens    : 42185, 28807, 35185" in out
 
 
+def test_bench_reports_each_yardstick(capsys):
+    """Each kernel's rate beside the numpy baseline, llama.cpp's loop and the
+    memory read, all measured in the run; the derived columns follow from
+    them."""
+    code, out, err = run(capsys, "bench", "--vocab", "4099", "--rows", "6",
+                         "--kernels", "u16xf32,encode", "--json")
+    assert code == 0, err
+    got = json.loads(out)["kernels"]
+    assert [(k["name"], k["mode"]) for k in got] == [("u16xf32", "llama"), ("u16xf32", "exact"),
+                                                     ("encode", "llama")]
+    for k in got:
+        for field in ("rate_M_per_s", "reference_rate_M_per_s", "llama_loop_rate_M_per_s",
+                      "read_loop_GB_per_s"):
+            assert 0 < k[field] < float("inf"), field
+        assert k["GB_per_s"] == pytest.approx(k["rate_M_per_s"] * 6 / 1e3)
+        assert k["llama_loop_ratio"] == pytest.approx(k["rate_M_per_s"] /
+                                                      k["llama_loop_rate_M_per_s"])
+        assert k["read_loop_fraction"] == pytest.approx(k["GB_per_s"] / k["read_loop_GB_per_s"])
+    assert len({k["read_loop_GB_per_s"] for k in got}) == 1  # one memory, one yardstick
+    code, out, err = run(capsys, "bench", "--vocab", "4099", "--rows", "6", "--kernels", "u16xf32",
+                         "-q")
+    assert code == 0, err
+    head, columns, *rows = out.splitlines()
+    assert re.search(r"; memory read \d+\.\d\d GB/s$", head)
+    assert columns.split()[-3:] == ["GB/s", "of", "read"]
+    assert [r.split()[:2] for r in rows] == [["u16xf32", "llama"], ["u16xf32", "exact"]]
+    assert all(re.search(r" \d+%$", r) for r in rows)
+
+
 def test_gemma3_dump_and_score(gemma3, tmp_path, capsys):
     """The 262,144-entry vocabulary through dump and score (self and a Q4_0 requant)."""
     from quantkl.models import quantize

@@ -323,6 +323,21 @@ def test_numpy_baselines_agree_with_the_kernels(rng):
     assert_llama_rows_close(reference.encode_llama_rows_numpy_f32(x), base.rows)
 
 
+def test_memory_yardstick_reads_every_byte(rng):
+    """The benchmarks' read loop XORs every 64-bit word of each row, and its
+    last bytes past a whole word into the low byte: one flipped bit anywhere
+    changes the row's result."""
+    for width in (0, 7, 64, 1000003):
+        rows = rng.integers(0, 256, (3, width), dtype=np.uint8)
+        whole = width // 8 * 8
+        want = np.bitwise_xor.reduce(rows[:, :whole].copy().view(np.uint64), axis=1) \
+            ^ np.bitwise_xor.reduce(rows[:, whole:].astype(np.uint64), axis=1)
+        np.testing.assert_array_equal(_kernels.read_loop_rows(rows, 2), want)
+        if width:
+            rows[1, width - 1] ^= 4
+            assert _kernels.read_loop_rows(rows, 1)[1] != want[1]
+
+
 @pytest.mark.parametrize("lift", [0.0, -60.0, -100.0])
 def test_masked_token_in_a_long_row_gives_infinite_kld(kernel_path, rng, lift):
     """A token 60 or 100 nats below the max still has mass in the base (even
