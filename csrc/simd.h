@@ -59,6 +59,7 @@ QK_INLINE vf vf_min(vf a, vf b) { return _mm512_min_ps(a, b); }
 QK_INLINE vd vd_max(vd a, vd b) { return _mm512_max_pd(a, b); }
 QK_INLINE vmask vf_gt(vf a, vf b) { return _mm512_cmp_ps_mask(a, b, _CMP_GT_OQ); }
 QK_INLINE vmask vf_eq(vf a, vf b) { return _mm512_cmp_ps_mask(a, b, _CMP_EQ_OQ); }
+QK_INLINE vmask vf_ge(vf a, vf b) { return _mm512_cmp_ps_mask(a, b, _CMP_GE_OQ); }
 QK_INLINE vmask vf_not_lt(vf a, vf b) { return _mm512_cmp_ps_mask(a, b, _CMP_NLT_UQ); }
 QK_INLINE vmask vm_and(vmask a, vmask b) { return a & b; }
 QK_INLINE vmask vm_or(vmask a, vmask b) { return a | b; }
@@ -122,6 +123,7 @@ QK_INLINE vf vf_min(vf a, vf b) { return _mm256_min_ps(a, b); }
 QK_INLINE vd vd_max(vd a, vd b) { return _mm256_max_pd(a, b); }
 QK_INLINE vmask vf_gt(vf a, vf b) { return _mm256_cmp_ps(a, b, _CMP_GT_OQ); }
 QK_INLINE vmask vf_eq(vf a, vf b) { return _mm256_cmp_ps(a, b, _CMP_EQ_OQ); }
+QK_INLINE vmask vf_ge(vf a, vf b) { return _mm256_cmp_ps(a, b, _CMP_GE_OQ); }
 QK_INLINE vmask vf_not_lt(vf a, vf b) { return _mm256_cmp_ps(a, b, _CMP_NLT_UQ); }
 QK_INLINE vmask vm_and(vmask a, vmask b) { return _mm256_and_ps(a, b); }
 QK_INLINE vmask vm_or(vmask a, vmask b) { return _mm256_or_ps(a, b); }
@@ -255,6 +257,7 @@ QK_INLINE vf vf_min(vf a, vf b) { return vf_select(a < b, a, b); }
 QK_INLINE vd vd_max(vd a, vd b) { return (vd)(((a > b) & (vl)a) | (~(a > b) & (vl)b)); }
 QK_INLINE vmask vf_gt(vf a, vf b) { return a > b; }
 QK_INLINE vmask vf_eq(vf a, vf b) { return a == b; }
+QK_INLINE vmask vf_ge(vf a, vf b) { return a >= b; }
 QK_INLINE vmask vf_not_lt(vf a, vf b) { return ~(a < b); }
 QK_INLINE vmask vm_and(vmask a, vmask b) { return a & b; }
 QK_INLINE vmask vm_or(vmask a, vmask b) { return a | b; }
