@@ -7,13 +7,13 @@ the C kernels (quantkl._kernels) compute.
 from __future__ import annotations
 
 import os
-from typing import Optional, Sequence, Union
+from typing import List, Optional, Sequence, Union
 
 import numpy as np
 
 from . import _kernels
 from .arrays import TOPK_MAX, LlamaRows, logits_view, thread_count, threads_for, token_ids
-from .stats import MODES, KLDResult, check_topk
+from .stats import MODES, KLDResult, RunningTotals, check_topk
 
 Distributions = Union[np.ndarray, LlamaRows]
 
@@ -149,8 +149,12 @@ def check_llama_rows(rows: LlamaRows, threads: Optional[int] = None) -> np.ndarr
 class Scorer:
     """Streaming accumulator: ``update`` with blocks of rows, then ``result()``.
 
-    Results of separate Scorers (other processes, other machines) add up:
-    ``a.result() + b.result()`` equals one Scorer fed both blocks in order.
+    Each update is one chunk unless ``chunk_end=False`` says more of the same
+    chunk follows (a long chunk arrives one decode at a time). Running sums
+    give the per-chunk line and stopping rules at a constant cost per block;
+    the per-token arrays are joined once, by ``result()``. Results of separate
+    Scorers (other processes, other machines) add up: ``a.result() +
+    b.result()`` equals one Scorer fed both blocks in order.
     """
 
     def __init__(self, *, mode: str = "llama", topk: Sequence[int] = (1, 5, 10),
@@ -161,29 +165,48 @@ class Scorer:
         self.js = bool(js)
         self.topk = check_topk(topk)
         self.threads = thread_count(threads)
-        self._blocks: list = []
+        self.running = RunningTotals()
+        self._blocks: List[KLDResult] = []
+        self._chunk_ends: List[int] = []
 
-    def update(self, base: Distributions, other: Distributions, tokens: object, *,
-               chunk: Optional[int] = None) -> KLDResult:
-        """Score one block (e.g. one dump chunk, numbered from 1 in ``chunk``);
-        returns that block's own result."""
-        first_row = sum(b.count for b in self._blocks)
+    @property
+    def count(self) -> int:
+        """Tokens scored so far."""
+        return self.running.count
+
+    def score_block(self, base: Distributions, other: Distributions, tokens: object, *,
+                    first_row: int = 0, chunk: Optional[int] = None) -> KLDResult:
+        """One block's own result, not yet added (see ``add``); a bad row is
+        named by its index from ``first_row`` and by ``chunk``."""
         rows = score_rows(base, other, tokens, mode=self.mode, threads=self.threads,
                           first_row=first_row, chunk=chunk, reverse=self.reverse,
                           js=self.js)
         # llama mode prints PPL from the NLLs llama-perplexity stores (float32,
         # rounded step by step); the exact ones differ by its rounding noise.
         nll = rows.nll_q_llama if self.mode == "llama" else rows.nll_q
-        block = KLDResult(rows.kld, nll, rows.nll_p, rows.rank, self.mode, self.topk,
-                          top_base=rows.top_p, top_other=rows.top_q, p_top=rows.p_top,
-                          overlap=rows.overlap, token=np.asarray(tokens, np.int64),
-                          rkl=rows.rkl if self.reverse else None,
-                          js=rows.js if self.js else None)
+        return KLDResult(rows.kld, nll, rows.nll_p, rows.rank, self.mode, self.topk,
+                         top_base=rows.top_p, top_other=rows.top_q, p_top=rows.p_top,
+                         overlap=rows.overlap, token=np.asarray(tokens, np.int64),
+                         rkl=rows.rkl if self.reverse else None,
+                         js=rows.js if self.js else None)
+
+    def add(self, block: KLDResult, chunk_end: bool = True) -> None:
+        """Append a block scored by ``score_block``; ``chunk_end`` closes its chunk."""
+        self.running.add(block)
         self._blocks.append(block)
+        if chunk_end:
+            self._chunk_ends.append(self.count)
+
+    def update(self, base: Distributions, other: Distributions, tokens: object, *,
+               chunk: Optional[int] = None, chunk_end: bool = True) -> KLDResult:
+        """Score one block (e.g. one dump chunk, numbered from 1 in ``chunk``)
+        and add it; returns that block's own result."""
+        block = self.score_block(base, other, tokens, first_row=self.count, chunk=chunk)
+        self.add(block, chunk_end)
         return block
 
     def result(self) -> KLDResult:
-        """Everything scored so far, one chunk per update (for the per-chunk table)."""
+        """Everything scored so far, one chunk per closed chunk."""
         if not self._blocks:
             return KLDResult(np.empty(0), np.empty(0), np.empty(0), np.empty(0, np.int8),
                              self.mode, self.topk, [], p_top=np.empty(0),
@@ -191,9 +214,10 @@ class Scorer:
                              token=np.empty(0, np.int64),
                              rkl=np.empty(0) if self.reverse else None,
                              js=np.empty(0) if self.js else None)
-        total = self._blocks[0]
-        for b in self._blocks[1:]:
-            total = total + b
+        ends = list(self._chunk_ends)
+        if not ends or ends[-1] != self.count:
+            ends.append(self.count)  # a chunk still open counts as one
+        total = KLDResult.concat(self._blocks, ends)
         self._blocks = [total]
         return total
 

@@ -104,6 +104,38 @@ def median(sorted_values: np.ndarray) -> float:
     return float(ft(0.5) * (sorted_values[n // 2] + sorted_values[n // 2 - 1]))
 
 
+def summary_of_sums(s: Dict[str, float]) -> Dict[str, float]:
+    """llama.cpp's running statistics (the per-chunk line's) from its sums."""
+    c = s["n"]
+    a, da = mean_and_uncertainty(s["nll"], s["nll2"], c)
+    b, db = mean_and_uncertainty(s["base"], s["base2"], c)
+    cov = covariance(s["nll"], s["base"], s["nll_base"], c)
+    ppl, ppl_base = _exp(a), _exp(b)
+    ln_ratio_unc = _sqrt(da * da + db * db - 2.0 * cov)
+    ppl_diff_var = (ppl * da) * (ppl * da) + (ppl_base * db) * (ppl_base * db) \
+        - 2.0 * ppl * ppl_base * cov
+    kl, dkl = mean_and_uncertainty(s["kld"], s["kld2"], c)
+    dpm, ddpm = mean_and_uncertainty(s["dp"], s["dp2"], c)
+    mse, dmse = mean_and_uncertainty(s["dp2"], s["dp4"], c)
+    rms = _sqrt(mse)
+    same = s["same"] / c if c else float("nan")
+    return {
+        "count": c,
+        "ppl": ppl, "ppl_unc": ppl * da,
+        "ppl_base": ppl_base, "ppl_base_unc": ppl_base * db,
+        "cor_ln_ppl": _div(cov, da * db),
+        "ln_ppl_ratio": a - b, "ln_ppl_ratio_unc": ln_ratio_unc,
+        "ppl_ratio": _exp(a - b), "ppl_ratio_unc": _exp(a - b) * ln_ratio_unc,
+        "ppl_diff": ppl - ppl_base,
+        "ppl_diff_unc": _sqrt(ppl_diff_var),
+        "kld_mean": kl, "kld_mean_unc": dkl,
+        "dp_mean": dpm, "dp_mean_unc": ddpm,
+        "dp_rms": rms, "dp_rms_unc": _div(0.5, rms) * dmse,
+        "same_top": same,
+        "same_top_unc": _sqrt(_div(same * (1 - same), c - 1)) if c > 1 else float("nan"),
+    }
+
+
 class KLDResult:
     """Scores of one or more blocks of tokens: llama-perplexity's statistics and the raw arrays.
 
@@ -167,24 +199,32 @@ class KLDResult:
     def __add__(self, other: "KLDResult") -> "KLDResult":
         if not isinstance(other, KLDResult):
             return NotImplemented
-        if other.mode != self.mode:
-            raise ValueError(f"cannot add a {other.mode!r}-mode result to a {self.mode!r}-mode one")
-        n = self.count
-        ends = self.chunk_ends + [n + e for e in other.chunk_ends]
+        return KLDResult.concat([self, other])
 
-        def joined(name):  # an optional array survives only if both sides have it
-            a, b = getattr(self, name), getattr(other, name)
-            return None if a is None or b is None else np.concatenate([a, b])
+    @classmethod
+    def concat(cls, blocks: Sequence["KLDResult"],
+               chunk_ends: Optional[Iterable[int]] = None) -> "KLDResult":
+        """Results of consecutive blocks as one, each array joined once.
+        ``chunk_ends`` (counts of tokens) replaces the blocks' own chunks."""
+        if not blocks:
+            raise ValueError("no results to join")
+        modes = {b.mode for b in blocks}
+        if len(modes) > 1:
+            raise ValueError(f"cannot add results of different modes: {sorted(modes)}")
+        if chunk_ends is None:
+            chunk_ends, n = [], 0
+            for b in blocks:
+                chunk_ends += [n + e for e in b.chunk_ends]
+                n += b.count
 
-        return KLDResult(np.concatenate([self.kld, other.kld]),
-                         np.concatenate([self.nll, other.nll]),
-                         np.concatenate([self.nll_base, other.nll_base]),
-                         np.concatenate([self.rank, other.rank]), self.mode,
-                         sorted(set(self.topk) | set(other.topk)), ends,
-                         np.concatenate([self.top_base, other.top_base]),
-                         np.concatenate([self.top_other, other.top_other]),
-                         joined("p_top"), joined("overlap"), joined("token"), joined("rkl"),
-                         joined("js"))
+        def joined(name):  # an optional array survives only if every block has it
+            arrays = [getattr(b, name) for b in blocks]
+            return None if any(a is None for a in arrays) else np.concatenate(arrays)
+
+        return KLDResult(joined("kld"), joined("nll"), joined("nll_base"), joined("rank"),
+                         blocks[0].mode, sorted(set().union(*(b.topk for b in blocks))),
+                         chunk_ends, joined("top_base"), joined("top_other"), joined("p_top"),
+                         joined("overlap"), joined("token"), joined("rkl"), joined("js"))
 
     def subset(self, mask: np.ndarray) -> "KLDResult":
         """The tokens where mask is true, as one chunk (statistics over a
@@ -227,35 +267,7 @@ class KLDResult:
         }
 
     def _summary(self, n: Optional[int] = None) -> Dict[str, float]:
-        s = self._sums(n)
-        c = s["n"]
-        a, da = mean_and_uncertainty(s["nll"], s["nll2"], c)
-        b, db = mean_and_uncertainty(s["base"], s["base2"], c)
-        cov = covariance(s["nll"], s["base"], s["nll_base"], c)
-        ppl, ppl_base = _exp(a), _exp(b)
-        ln_ratio_unc = _sqrt(da * da + db * db - 2.0 * cov)
-        ppl_diff_var = (ppl * da) * (ppl * da) + (ppl_base * db) * (ppl_base * db) \
-            - 2.0 * ppl * ppl_base * cov
-        kl, dkl = mean_and_uncertainty(s["kld"], s["kld2"], c)
-        dpm, ddpm = mean_and_uncertainty(s["dp"], s["dp2"], c)
-        mse, dmse = mean_and_uncertainty(s["dp2"], s["dp4"], c)
-        rms = _sqrt(mse)
-        same = s["same"] / c if c else float("nan")
-        return {
-            "count": c,
-            "ppl": ppl, "ppl_unc": ppl * da,
-            "ppl_base": ppl_base, "ppl_base_unc": ppl_base * db,
-            "cor_ln_ppl": _div(cov, da * db),
-            "ln_ppl_ratio": a - b, "ln_ppl_ratio_unc": ln_ratio_unc,
-            "ppl_ratio": _exp(a - b), "ppl_ratio_unc": _exp(a - b) * ln_ratio_unc,
-            "ppl_diff": ppl - ppl_base,
-            "ppl_diff_unc": _sqrt(ppl_diff_var),
-            "kld_mean": kl, "kld_mean_unc": dkl,
-            "dp_mean": dpm, "dp_mean_unc": ddpm,
-            "dp_rms": rms, "dp_rms_unc": _div(0.5, rms) * dmse,
-            "same_top": same,
-            "same_top_unc": _sqrt(_div(same * (1 - same), c - 1)) if c > 1 else float("nan"),
-        }
+        return summary_of_sums(self._sums(n))
 
     # --- public statistics ---------------------------------------------------
     def statistics(self) -> Dict[str, float]:
@@ -376,13 +388,8 @@ class KLDResult:
         is the number printed (the chunk's number in the dump, for a shard)."""
         if not 1 <= chunk <= len(self.chunk_ends):
             raise ValueError(f"chunk must be in 1..{len(self.chunk_ends)}, got {chunk}")
-        s = self._summary(self.chunk_ends[chunk - 1])
-        return ("%4d" % (chunk if label is None else label)
-                + "    %9.4f ± %9.4f" % (s["ppl"], s["ppl_unc"])
-                + "    %10.5f ± %10.5f" % (s["ln_ppl_ratio"], s["ln_ppl_ratio_unc"])
-                + "    %10.5f ± %10.5f" % (s["kld_mean"], s["kld_mean_unc"])
-                + "    %6.3f ± %6.3f %%" % (100 * s["dp_rms"], 100 * s["dp_rms_unc"])
-                + "    %6.3f ± %6.3f %%" % (100 * s["same_top"], 100 * s["same_top_unc"]))
+        return chunk_row(self._summary(self.chunk_ends[chunk - 1]),
+                         chunk if label is None else label)
 
     def format(self) -> str:
         """llama-perplexity's statistics block (format_llama), then, in a block
@@ -457,6 +464,56 @@ class KLDResult:
         return (f"KLDResult(mode={self.mode!r}, count={self.count}, "
                 f"kld_mean={s['kld_mean']:.6f}, ppl_ratio={s['ppl_ratio']:.6f}, "
                 f"same_top={s['same_top']:.4f})")
+
+
+def chunk_row(s: Dict[str, float], label: int) -> str:
+    """llama-perplexity's per-chunk line from running statistics (summary_of_sums)."""
+    return ("%4d" % label
+            + "    %9.4f ± %9.4f" % (s["ppl"], s["ppl_unc"])
+            + "    %10.5f ± %10.5f" % (s["ln_ppl_ratio"], s["ln_ppl_ratio_unc"])
+            + "    %10.5f ± %10.5f" % (s["kld_mean"], s["kld_mean_unc"])
+            + "    %6.3f ± %6.3f %%" % (100 * s["dp_rms"], 100 * s["dp_rms_unc"])
+            + "    %6.3f ± %6.3f %%" % (100 * s["same_top"], 100 * s["same_top_unc"]))
+
+
+class RunningTotals:
+    """llama.cpp's running sums over the tokens scored so far: all the
+    per-chunk line and a stopping rule need, at a constant cost per block
+    (no re-concatenation or sorting of earlier tokens)."""
+
+    _KEYS = ("n", "nll", "nll2", "base", "base2", "nll_base", "kld", "kld2", "dp", "dp2", "dp4",
+             "same")
+
+    def __init__(self):
+        self.sums: Dict[str, float] = {k: 0 for k in self._KEYS}
+        self._summary: Optional[Dict[str, float]] = None
+
+    def add(self, block: "KLDResult") -> None:
+        for k, v in block._sums().items():
+            self.sums[k] += v
+        self._summary = None
+
+    def summary(self) -> Dict[str, float]:
+        if self._summary is None:
+            with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+                self._summary = summary_of_sums(self.sums)
+        return self._summary
+
+    @property
+    def count(self) -> int:
+        return int(self.sums["n"])
+
+    @property
+    def kld_mean(self) -> float:
+        return self.summary()["kld_mean"]
+
+    @property
+    def kld_mean_unc(self) -> float:
+        return self.summary()["kld_mean_unc"]
+
+    def format_chunk_row(self, label: int) -> str:
+        """The per-chunk line for the tokens so far; ``label`` is the chunk number printed."""
+        return chunk_row(self.summary(), label)
 
 
 def format_bucket(row: Dict[str, float], width: int = 15) -> str:
