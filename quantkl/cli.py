@@ -21,7 +21,7 @@ from . import __version__
 from .arrays import available_cores
 from .dumpfile import DumpError, LogitDump, check_output_path, inspect_dump
 from .records import check_record_path
-from .runner import ModelError
+from .runner import FLASH_ATTN, KV_CACHE_TYPES, ModelError
 
 EXIT_OK, EXIT_BAD_INPUT, EXIT_INTERNAL = 0, 1, 2
 
@@ -74,7 +74,8 @@ def model_options(args):
     from .runner import ModelOptions
     return ModelOptions(gpu_layers=args.gpu_layers, batch=args.batch, ubatch=args.ubatch,
                         threads=args.threads, threads_batch=args.threads_batch,
-                        parallel=args.parallel)
+                        parallel=args.parallel, cache_type_k=args.cache_type_k,
+                        cache_type_v=args.cache_type_v, flash_attn=args.flash_attn).check()
 
 
 def say_offload(args, runner) -> None:
@@ -113,7 +114,7 @@ def chunk_table_printer(args) -> Callable:
         progress(state["done"], getattr(on_chunk, "planned", total))
         if state["done"] == 1:
             say(args, CHUNK_HEADER)
-        say(args, running.format_chunk_row(len(running.chunk_ends), label=number))
+        say(args, running.format_chunk_row(label=number))
 
     on_chunk.close = progress.close
     return on_chunk
@@ -176,7 +177,7 @@ def score_one(args, dump, model_path: str, record_path: Optional[str], save: Opt
         meta = {"kind": "score", "n_ctx": dump.n_ctx, "n_chunk": dump.n_chunk,
                 "n_vocab": dump.n_vocab, "tokens_sha256": tokens_fingerprint(dump.tokens),
                 "base": file_entry(dump.path), "input": dump_input(dump.path), "model": model,
-                "model_options": {**runner.options.to_dict(), "offloaded_layers": runner.offloaded},
+                "model_options": runner.settings(),
                 "saved_dump": file_entry(save) if save else None, **info.to_dict(),
                 "timing": info.timing()}
     if record_path:
@@ -421,7 +422,7 @@ def cmd_tasks(args) -> int:
         model = {**file_entry(args.model), **result.model}
         tasks.write_task_record(args.json, result, {
             "model": model, "task_file": task_file, "n_ctx": args.ctx,
-            "tasks_asked": args.tasks, "model_options": model_options(args).to_dict()},
+            "tasks_asked": args.tasks, "model_options": result.settings},
             force=True)
     return EXIT_OK
 
@@ -548,8 +549,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--gpu-layers", "-ngl", type=non_negative_int, default=0, metavar="N",
                    help="layers to offload to the GPU [-ngl] (default 0: CPU only)")
     g.add_argument("--batch", "-b", type=positive_int, default=None, metavar="N",
-                   help="most tokens per llama_decode call [-b] (default: --parallel whole "
-                        "chunks)")
+                   help="most tokens per llama_decode call [-b]; memory holds one decode's "
+                        "rows x vocabulary floats (default: --parallel slices of min(2048, "
+                        "ctx), as llama-perplexity's -b 2048 cuts a chunk)")
     g.add_argument("--ubatch", "-ub", type=positive_int, default=None, metavar="N",
                    help="llama.cpp's micro-batch [-ub] (default 512)")
     g.add_argument("--threads-batch", "-tb", type=positive_int, default=None, metavar="N",
@@ -557,6 +559,14 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--parallel", "-np", type=positive_int, default=1, metavar="N",
                    help="chunks decoded together as separate sequences (llama-perplexity's "
                         "n_seq); same numbers, more speed on a GPU (default 1)")
+    g.add_argument("--cache-type-k", "-ctk", type=cache_type, default="f16", metavar="TYPE",
+                   help=f"KV cache type for K [-ctk]: {', '.join(KV_CACHE_TYPES)} (default f16)")
+    g.add_argument("--cache-type-v", "-ctv", type=cache_type, default="f16", metavar="TYPE",
+                   help="KV cache type for V [-ctv], as for K; a quantized V cache needs flash "
+                        "attention (default f16)")
+    g.add_argument("--flash-attn", "-fa", choices=FLASH_ATTN, default="auto",
+                   help="flash attention [-fa]: on, off or auto, where llama.cpp uses it if "
+                        "the backend has it (default auto)")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND",
                            parser_class=Parser)
 
@@ -725,6 +735,13 @@ def whole_number(text: str, least: int) -> int:
     if v < least:
         raise argparse.ArgumentTypeError(f"must be at least {least}, got {v}")
     return v
+
+
+def cache_type(text: str) -> str:
+    if text.lower() not in KV_CACHE_TYPES:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a KV cache type llama.cpp takes: "
+                                         f"{', '.join(KV_CACHE_TYPES)}")
+    return text.lower()
 
 
 def positive_int(text: str) -> int:

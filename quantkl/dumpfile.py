@@ -13,7 +13,7 @@ import os
 import stat
 import struct
 from dataclasses import dataclass
-from typing import Iterator, List, Optional, Sequence
+from typing import Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -108,7 +108,7 @@ class LogitDump:
                             f"chunk {i // n_ctx + 1} is outside the vocabulary [0, {n_vocab})")
         self._rows = np.frombuffer(self._map, np.uint16, self.n_rows * self.row_width,
                                    self.rows_offset).reshape(self.n_rows, self.row_width)
-        self._resident: Optional[int] = None
+        self._resident: Optional[Tuple[int, int]] = None
 
     # --- layout ------------------------------------------------------------
     @property
@@ -154,14 +154,23 @@ class LogitDump:
                             f"(it had {self.size}); another process changed it")
 
     def chunk(self, c: int) -> Chunk:
+        return self.piece(c, 0, self.rows_per_chunk)
+
+    def piece(self, c: int, lo: int, hi: int) -> Chunk:
+        """Rows lo..hi-1 of chunk c (0-based) and the tokens they predict.
+        The pages of the piece served before are released: resident memory
+        holds one piece of the file, however long a chunk is."""
         if not 0 <= c < self.n_chunk:
             raise IndexError(f"chunk {c} out of range 0..{self.n_chunk - 1}")
+        if not 0 <= lo < hi <= self.rows_per_chunk:
+            raise IndexError(f"rows {lo}:{hi} out of range 0:{self.rows_per_chunk}")
         self.check_unchanged()
-        self._release_previous(c)
-        first = self.n_ctx // 2
         r0 = c * self.rows_per_chunk
-        rows = LlamaRows(self._rows[r0:r0 + self.rows_per_chunk], self.n_vocab)
-        return Chunk(c, rows, np.ascontiguousarray(self.chunk_tokens(c)[first + 1:]))
+        self._release_previous((r0 + lo, r0 + hi))
+        first = self.n_ctx // 2
+        rows = LlamaRows(self._rows[r0 + lo:r0 + hi], self.n_vocab)
+        return Chunk(c, rows, np.ascontiguousarray(self.chunk_tokens(c)[first + 1 + lo:
+                                                                        first + 1 + hi]))
 
     def chunks(self, start: int = 0, stop: Optional[int] = None) -> Iterator[Chunk]:
         for c in range(start, self.n_chunk if stop is None else min(stop, self.n_chunk)):
@@ -176,18 +185,18 @@ class LogitDump:
         """Every row as one LlamaRows view (memory-mapped, not loaded)."""
         return LlamaRows(self._rows, self.n_vocab)
 
-    def _release_previous(self, c: int) -> None:
-        # Pages of a finished chunk are file-backed and clean: dropping them
-        # keeps resident memory flat however long the file is.
+    def _release_previous(self, rows: Tuple[int, int]) -> None:
+        # Pages of rows already scored are file-backed and clean: dropping
+        # them keeps resident memory flat however long the file is.
         prev = self._resident
-        self._resident = c
-        if prev is None or prev == c or not hasattr(self._map, "madvise"):
+        self._resident = rows
+        if prev is None or prev == rows or not hasattr(self._map, "madvise"):
             return
-        start = self.rows_offset + prev * self.chunk_bytes
-        page = mmap.PAGESIZE
-        lo = (start // page) * page
+        start = self.rows_offset + prev[0] * 2 * self.row_width
+        end = self.rows_offset + prev[1] * 2 * self.row_width
+        lo = (start // mmap.PAGESIZE) * mmap.PAGESIZE
         try:
-            self._map.madvise(mmap.MADV_DONTNEED, lo, start + self.chunk_bytes - lo)
+            self._map.madvise(mmap.MADV_DONTNEED, lo, end - lo)
         except (OSError, ValueError, AttributeError):
             pass
 
@@ -250,21 +259,47 @@ class LogitDumpWriter:
         self.n_chunk = len(tokens) // n_ctx
         self.rows_per_chunk = scored_rows_per_chunk(n_ctx)
         self.row_width = llama_row_width(n_vocab)
-        self.chunks_written = 0
+        self.rows_written = 0
         self._f = open(self.partial, "wb")
         self._f.write(HEADER.pack(MAGIC, n_ctx, n_vocab, self.n_chunk))
         self._f.write(tokens.data)
+        self._f.flush()
+        self._rows_at = self._f.tell()
 
     def write_chunk(self, rows: LlamaRows | np.ndarray) -> None:
         """Append one chunk's rows (rows_per_chunk llama rows)."""
+        self.write_rows(self.chunks_written, 0, rows, whole=True)
+
+    def write_rows(self, c: int, lo: int, rows: LlamaRows | np.ndarray,
+                   whole: bool = False) -> None:
+        """Rows lo.. of chunk c (0-based), in their place in the file: pieces
+        of chunks decoded together may come in any order. ``whole``: the rows
+        must be the whole chunk."""
         arr = rows.rows if isinstance(rows, LlamaRows) else np.asarray(rows)
-        expected = (self.rows_per_chunk, self.row_width)
-        if arr.dtype != np.uint16 or arr.shape != expected:
-            raise ValueError(f"a chunk is uint16 {expected}, got {arr.dtype} {arr.shape}")
-        if self.chunks_written >= self.n_chunk:
-            raise ValueError(f"all {self.n_chunk} chunks are already written")
-        self._f.write(np.ascontiguousarray(arr).data)
-        self.chunks_written += 1
+        if whole:
+            expected = (self.rows_per_chunk, self.row_width)
+            if arr.dtype != np.uint16 or arr.shape != expected:
+                raise ValueError(f"a chunk is uint16 {expected}, got {arr.dtype} {arr.shape}")
+        elif (arr.dtype != np.uint16 or arr.ndim != 2 or arr.shape[1] != self.row_width
+              or not 0 <= lo <= self.rows_per_chunk - len(arr)):
+            raise ValueError(f"rows {lo}.. of a chunk are uint16 (up to "
+                             f"{self.rows_per_chunk - lo}, {self.row_width}), got {arr.dtype} "
+                             f"{arr.shape}")
+        n = len(arr)
+        if not 0 <= c < self.n_chunk:
+            raise ValueError(f"chunk {c} is not one of the {self.n_chunk} chunks of this file")
+        row_bytes = 2 * self.row_width
+        offset = self._rows_at + (c * self.rows_per_chunk + lo) * row_bytes
+        data = memoryview(np.ascontiguousarray(arr)).cast("B")
+        while len(data):
+            done = os.pwrite(self._f.fileno(), data, offset)
+            data, offset = data[done:], offset + done
+        self.rows_written += n
+
+    @property
+    def chunks_written(self) -> int:
+        """Whole chunks' worth of rows written so far."""
+        return self.rows_written // self.rows_per_chunk
 
     def close(self) -> None:
         """Finish: the file appears under its name only if it is whole."""
@@ -272,7 +307,7 @@ class LogitDumpWriter:
             return
         self._f.close()
         self._f = None
-        if self.chunks_written != self.n_chunk:
+        if self.rows_written != self.n_chunk * self.rows_per_chunk:
             os.unlink(self.partial)
             raise ValueError(f"{self.path}: only {self.chunks_written} of {self.n_chunk} chunks "
                              f"written; no file left behind")

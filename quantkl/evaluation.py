@@ -1,7 +1,10 @@
 """The evaluation protocol of SPEC §1 on a real model: write a base dump, score a model against one.
 
-Each chunk's logits stream from llama.cpp straight into the kernels (scoring)
-and the encoder (dumping); one chunk is alive at a time.
+Each decode's logits stream from llama.cpp's output buffer straight into the
+kernels (scoring) and the encoder and file writer (dumping), and the buffer
+is reused by the next decode: memory holds one decode's rows, not a chunk's.
+The per-chunk line and stopping rules read running sums; the per-token
+arrays are joined once, at the end.
 """
 from __future__ import annotations
 
@@ -18,7 +21,7 @@ from .encoding import encode_llama_rows
 from .inputs import EvalText
 from .runner import ModelError, ModelOptions, ModelRunner
 from .scoring import RowError, Scorer
-from .stats import KLDResult, _exp
+from .stats import KLDResult, RunningTotals, _exp
 
 # Called after each chunk with (chunk number from 1, chunks in all).
 ChunkCallback = Callable[[int, int], None]
@@ -59,6 +62,34 @@ def base_perplexity(nll: np.ndarray) -> BasePerplexity:
     return BasePerplexity(ppl, unc, n)
 
 
+# Encoded rows held at once while writing a dump (a decode's rows are encoded
+# and written in blocks of at most this many bytes).
+ENCODE_BLOCK_BYTES = 32 << 20
+
+
+class RowEncoder:
+    """float32 logits -> llama.cpp rows -> their place in a dump file, in
+    blocks of bounded size, one buffer reused."""
+
+    def __init__(self, writer: LogitDumpWriter, threads: int):
+        self.writer, self.threads = writer, threads
+        self.block = max(1, ENCODE_BLOCK_BYTES // (2 * writer.row_width))
+        self._buf = np.empty((0, writer.row_width), np.uint16)
+
+    def write(self, c: int, lo: int, logits: np.ndarray, tokens: np.ndarray) -> np.ndarray:
+        """Rows lo.. of chunk c from their logits; returns their NLLs (float32)."""
+        n = len(logits)
+        if len(self._buf) < min(n, self.block):
+            self._buf = np.empty((min(n, self.block), self.writer.row_width), np.uint16)
+        nll = np.empty(n, np.float32)
+        for i in range(0, n, self.block):
+            j = min(i + self.block, n)
+            rows, nll[i:j] = encode_llama_rows(logits[i:j], tokens[i:j], threads=self.threads,
+                                               out=self._buf[:j - i])
+            self.writer.write_rows(c, lo + i, rows)
+        return nll
+
+
 def dump_base(model: str | os.PathLike, text: "EvalText | str | os.PathLike | Sequence",
               out: str | os.PathLike, *,
               n_ctx: int = 512, chunks: Optional[int] = None,
@@ -75,21 +106,23 @@ def dump_base(model: str | os.PathLike, text: "EvalText | str | os.PathLike | Se
         tokens = text.tokenize(runner)
         n_chunk = count_chunks(len(tokens), n_ctx, chunks)
         tokens = tokens[:n_chunk * n_ctx]
-        first = runner.first
-        nll = []
+        first, per_chunk = runner.first, scored_rows_per_chunk(n_ctx)
+        nll = np.empty(n_chunk * per_chunk, np.float32)
         with LogitDumpWriter(out, n_ctx, runner.n_vocab, tokens) as writer:
+            encoder = RowEncoder(writer, runner.threads)
             for group in chunk_groups(0, n_chunk, runner.parallel):
-                logits = runner.group_logits([tokens[c * n_ctx:(c + 1) * n_ctx] for c in group])
-                for k, c in enumerate(group):
-                    chunk = tokens[c * n_ctx:(c + 1) * n_ctx]
-                    rows, chunk_nll = encode_llama_rows(logits[k, :n_ctx - 1 - first],
-                                                        chunk[first + 1:], threads=runner.threads)
-                    writer.write_chunk(rows)
-                    nll.append(chunk_nll)
+                texts = [tokens[c * n_ctx:(c + 1) * n_ctx] for c in group]
+                for lo, logits in runner.decode_chunks(texts):
+                    n = min(logits.shape[1], per_chunk - lo)  # position n_ctx - 1 is not scored
+                    for k, c in enumerate(group if n > 0 else ()):
+                        r = c * per_chunk + lo
+                        nll[r:r + n] = encoder.write(c, lo, logits[k, :n],
+                                                     texts[k][first + 1 + lo:first + 1 + lo + n])
+                for c in group:
                     if on_chunk:
                         on_chunk(c + 1, n_chunk)
             text.write_description(writer.path, runner)
-    return base_perplexity(np.concatenate(nll))
+    return base_perplexity(nll)
 
 
 def chunk_groups(start: int, stop: int, size: int) -> Iterator[List[int]]:
@@ -133,7 +166,7 @@ class StopRule:
                 raise ValueError(f"target {name.replace('_', '-')} must be a positive number, "
                                  f"got {v}")
 
-    def reached(self, result: KLDResult) -> Optional[str]:
+    def reached(self, result: "RunningTotals | KLDResult") -> Optional[str]:
         """Why to stop now, or None."""
         if result.count < 2:
             return None
@@ -147,11 +180,13 @@ class StopRule:
         return None
 
 
-def update(scorer: Scorer, dumps, base, other, tokens, chunk: int) -> None:
-    """scorer.update for a dump's chunk (numbered from 1); a row that could not
-    be read (a file shrank under the memory map) is blamed on its file."""
+def score_piece(scorer: Scorer, dumps, base, other, tokens, first_row: int,
+                chunk: int) -> KLDResult:
+    """scorer.score_block for rows of a dump's chunk (numbered from 1); a row
+    that could not be read (a file shrank under the memory map) is blamed on
+    its file."""
     try:
-        scorer.update(base, other, tokens, chunk=chunk)
+        return scorer.score_block(base, other, tokens, first_row=first_row, chunk=chunk)
     except RowError as e:
         if e.status & 256:
             for d in dumps:
@@ -186,18 +221,17 @@ class RunInfo:
 
 
 # Called after each chunk with (chunk number from 1 in the dump, chunks in
-# the dump, the running result).
-ResultCallback = Callable[[int, int, KLDResult], None]
+# the dump, the running totals: RunningTotals.format_chunk_row prints the line).
+ResultCallback = Callable[[int, int, RunningTotals], None]
 
 
 def after_chunk(scorer: Scorer, c: int, n_chunk: int, first: int,
                 on_chunk: Optional[ResultCallback], stop: Optional[StopRule],
                 info: RunInfo) -> bool:
     """Report chunk c (0-based) and say whether the stop rule ends the run there."""
-    running = scorer.result()
     if on_chunk:
-        on_chunk(c + 1, n_chunk, running)
-    reason = stop.reached(running) if stop else None
+        on_chunk(c + 1, n_chunk, scorer.running)
+    reason = stop.reached(scorer.running) if stop else None
     if reason:
         info.scored, info.stop_reason = (first, c + 1), reason
     return reason is not None
@@ -210,11 +244,11 @@ def score_model(dump: LogitDump, model: str | os.PathLike, *, mode: str = "llama
                 verbose: bool = False, runner: Optional[ModelRunner] = None,
                 info: Optional[RunInfo] = None, reverse: bool = False,
                 js: bool = False) -> KLDResult:
-    """Run a model on a dump's own tokens and score it against the dump, chunk by chunk.
+    """Run a model on a dump's own tokens and score it against the dump, decode by decode.
 
     ``chunks`` (A, B) scores chunk indices A..B-1 only (a shard; see
     ``quantkl merge``); ``stop`` ends the run early once the mean KLD is
-    precise enough. ``on_chunk(chunk_number, n_chunk, running_result)``
+    precise enough. ``on_chunk(chunk_number, n_chunk, running_totals)``
     follows every chunk (for the per-chunk table). ``save`` also writes the
     model's own dump (whole dumps only). ``info``, if given, receives what was
     scored, why it stopped and where the wall time went.
@@ -231,24 +265,33 @@ def score_model(dump: LogitDump, model: str | os.PathLike, *, mode: str = "llama
         runner = ModelRunner(model, dump.n_ctx, options, verbose)
     decoded_before = runner.decode_seconds
     scoring = 0.0
+    per_chunk = dump.rows_per_chunk
     try:
         if runner.n_vocab != dump.n_vocab:
             raise ModelError(f"vocabulary mismatch: {dump.path} has {dump.n_vocab} entries, "
                              f"{runner.path} has {runner.n_vocab}")
         scorer = Scorer(mode=mode, topk=topk, threads=runner.threads, reverse=reverse, js=js)
         writer = LogitDumpWriter(save, dump.n_ctx, dump.n_vocab, dump.tokens) if save else None
+        encoder = RowEncoder(writer, runner.threads) if writer else None
         try:
             for group in chunk_groups(a, b, runner.parallel):
-                logits = runner.group_logits([dump.chunk_tokens(c) for c in group])
-                for k, c in enumerate(group):
-                    ch = dump.chunk(c)
-                    scored = logits[k, :dump.rows_per_chunk]
-                    t = time.perf_counter()
-                    update(scorer, (dump,), ch.rows, scored, ch.tokens, c + 1)
-                    if writer:
-                        writer.write_chunk(encode_llama_rows(scored, ch.tokens,
-                                                             threads=runner.threads)[0])
-                    scoring += time.perf_counter() - t
+                # chunks decoded together arrive a slice of each at a time;
+                # their blocks join the result in chunk order
+                blocks: List[List[KLDResult]] = [[] for _ in group]
+                for lo, logits in runner.decode_chunks([dump.chunk_tokens(c) for c in group]):
+                    n = min(logits.shape[1], per_chunk - lo)  # position n_ctx - 1 is not scored
+                    for k, c in enumerate(group if n > 0 else ()):
+                        piece = dump.piece(c, lo, lo + n)
+                        t = time.perf_counter()
+                        blocks[k].append(score_piece(scorer, (dump,), piece.rows, logits[k, :n],
+                                                     piece.tokens,
+                                                     scorer.count + k * per_chunk + lo, c + 1))
+                        if encoder:
+                            encoder.write(c, lo, logits[k, :n], piece.tokens)
+                        scoring += time.perf_counter() - t
+                for c, pieces in zip(group, blocks):
+                    for j, block in enumerate(pieces):
+                        scorer.add(block, chunk_end=j == len(pieces) - 1)
                     if after_chunk(scorer, c, dump.n_chunk, a, on_chunk, stop, info):
                         break
                 else:
@@ -267,6 +310,11 @@ def score_model(dump: LogitDump, model: str | os.PathLike, *, mode: str = "llama
         info.wall = time.perf_counter() - start
         if own:
             runner.close()
+
+
+# Rows of two dumps scored at once by compare_dumps: their pages are released
+# after each piece, so resident memory does not grow with the context.
+COMPARE_PIECE_ROWS = 2048
 
 
 def compare_dumps(base: LogitDump, other: LogitDump, *, mode: str = "llama",
@@ -290,9 +338,13 @@ def compare_dumps(base: LogitDump, other: LogitDump, *, mode: str = "llama",
     a, b = chunks if chunks is not None else (0, base.n_chunk)
     info.chunks = info.scored = (a, b)
     scorer = Scorer(mode=mode, topk=topk, threads=threads, reverse=reverse, js=js)
+    per_chunk = base.rows_per_chunk
     for c in range(a, b):
-        bc, oc = base.chunk(c), other.chunk(c)
-        update(scorer, (base, other), bc.rows, oc.rows, bc.tokens, c + 1)
+        for lo in range(0, per_chunk, COMPARE_PIECE_ROWS):
+            hi = min(lo + COMPARE_PIECE_ROWS, per_chunk)
+            bp, op = base.piece(c, lo, hi), other.piece(c, lo, hi)
+            scorer.add(score_piece(scorer, (base, other), bp.rows, op.rows, bp.tokens,
+                                   scorer.count, c + 1), chunk_end=hi == per_chunk)
         if after_chunk(scorer, c, base.n_chunk, a, on_chunk, stop, info):
             break
     info.wall = time.perf_counter() - start

@@ -141,6 +141,7 @@ class EvalText:
         from .records import named_errors
         d = self.description()
         d["model"] = {"file": os.path.basename(runner.path), "path": os.path.abspath(runner.path)}
+        d["model_options"] = runner.settings()
         path = description_path(dump_path)
         partial = path + ".partial"
         try:

@@ -316,12 +316,41 @@ MEASUREMENTS: List[Tuple[str, Any, int, bool]] = [
 ]
 
 
+def _kv_cache(r: QuantRecord) -> Optional[str]:
+    o = r.record.get("model_options") or {}
+    if "cache_type_k" not in o:
+        return None
+    return f"{o['cache_type_k']}/{o['cache_type_v']}"
+
+
+def _flash_attn(r: QuantRecord) -> Optional[str]:
+    o = r.record.get("model_options") or {}
+    if "flash_attn" not in o:
+        return None
+    used = o.get("flash_attn_used")
+    return o["flash_attn"] + ("" if used is None else f" ({'on' if used else 'off'})")
+
+
+def _setting(r: QuantRecord, key: str) -> Optional[str]:
+    v = r.record.get(key, (r.record.get("model_options") or {}).get(key))
+    return None if v is None else str(v)
+
+
+# How each quant was run: (label, function of a record giving text or None).
+SETTINGS: List[Tuple[str, Any]] = [
+    ("Context", lambda r: _setting(r, "n_ctx")),
+    ("Decode size (tokens)", lambda r: _setting(r, "decode_tokens")),
+    ("KV cache K/V", _kv_cache),
+    ("Flash attention", _flash_attn),
+]
+
+
 @dataclass
 class ComparisonTable:
     """Quants (sorted by mean KLD) against the measurements of MEASUREMENTS."""
     quants: List[str]
     measurements: List[str]
-    values: List[List[Optional[float]]]  # [measurement][quant]
+    values: List[List[Any]]  # [measurement][quant]: a float, or text for a setting
     text: List[List[str]]                # the same, formatted
 
     def to_dict(self) -> Dict[str, Dict[str, Optional[float]]]:
@@ -391,6 +420,12 @@ def comparison_table(records: Sequence[QuantRecord]) -> ComparisonTable:
         values.append(row)
         text.append([_fmt(v, digits, pct) for v in row])
         names.append(label)
+    for label, get in SETTINGS:
+        row = [get(r) for r in recs]
+        if any(v is not None for v in row):
+            values.append(row)
+            text.append(["-" if v is None else v for v in row])
+            names.append(label)
     return ComparisonTable([r.name for r in recs], names, values, text)
 
 

@@ -1,15 +1,17 @@
 """A GGUF model evaluated chunk by chunk exactly as llama-perplexity does (SPEC §1, §5).
 
-Uses llama-cpp-python's C API directly, as llama-perplexity sets llama.cpp up:
-flash attention on, the KV cache cleared before every group of chunks, BOS
-substituted for the first token of each chunk when the vocabulary adds BOS.
-``parallel`` chunks are decoded together as separate sequences (its n_seq),
-each decode carrying the same slice of every chunk (``batch`` tokens at
-most). Like llama-perplexity it asks llama.cpp for logits only at the scored
-half of a chunk (positions from ``n_ctx / 2``): at a large vocabulary the
-output layer is most of a small model's work. When one decode covers whole
-chunks, their logits are a view of llama.cpp's own output buffer, handed to
-the kernels in place; otherwise the slices are gathered into one buffer.
+Uses llama-cpp-python's C API directly, with the context llama-perplexity's
+common parameters give (full-size SWA cache off, flash attention "auto", f16
+KV cache, one KV stream per sequence), the KV cache cleared before every
+group of chunks, BOS substituted for the first token of each chunk when the
+vocabulary adds BOS. ``parallel`` chunks are decoded together as separate
+sequences (its n_seq), each decode carrying the same slice of every chunk:
+``min(2048, n_ctx)`` tokens a chunk by default, llama-perplexity's default
+``-b 2048``, so that the two tools cut a chunk into the same decodes. Like
+llama-perplexity it asks llama.cpp for logits only at the scored half of a
+chunk (positions from ``n_ctx / 2``). Each decode's logits are handed on as a
+view of llama.cpp's own output buffer and consumed before the next decode:
+memory holds one decode's rows, whatever the context.
 """
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ import re
 import sys
 import time
 from dataclasses import dataclass
-from typing import List, Optional, Sequence
+from typing import Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -40,20 +42,88 @@ def _llama():
 
 
 _SILENCE = None
-_OFFLOAD_LINES: List[str] = []  # llama.cpp's "offloaded N/M layers to GPU", kept when silenced
+_ECHO = False  # --debug: llama.cpp's log goes to stderr as well
+# What quantkl keeps of llama.cpp's log while silencing it: the lines that say
+# how it set itself up (layers offloaded, KV caches made, flash attention
+# chosen) and its errors, read back into the runner's attributes.
+_KEPT_LINES: List[str] = []
+_KEEP = re.compile(r"offloaded \d+/\d+ layers|llama_kv_cache: +size =|Flash Attention|"
+                   r"enabling flash_attn|compute buffer size", re.I)
+_GGML_LOG_ERROR = 4
 
 
-def _silence_llama_logs(llama_cpp) -> None:
+def _silence_llama_logs(llama_cpp, verbose: bool = False) -> None:
     """llama.cpp logs every tensor it loads to stderr; quantkl prints its own
-    summary, keeping only the line that says how many layers were offloaded."""
-    global _SILENCE
+    summary, unless ``verbose`` (--debug) lets the log through."""
+    global _SILENCE, _ECHO
+    _ECHO = verbose
     if _SILENCE is None:
         def keep(level, text, user):
-            line = text.decode(errors="replace") if text else ""
-            if "offloaded" in line and "layers" in line:
-                _OFFLOAD_LINES.append(line.strip())
+            if _ECHO and text:
+                sys.stderr.write(text.decode(errors="replace"))
+            line = text.decode(errors="replace").strip() if text else ""
+            if line and (level == _GGML_LOG_ERROR or _KEEP.search(line)):
+                _KEPT_LINES.append(line)
+                del _KEPT_LINES[:-64]
         _SILENCE = llama_cpp.llama_log_callback(keep)
         llama_cpp.llama_log_set(_SILENCE, ctypes.c_void_p(0))
+
+
+@dataclass(frozen=True)
+class KVCache:
+    """One KV cache llama.cpp made (a sliding-window model has two), from its own log line."""
+    cells: int
+    layers: int
+    type_k: str
+    type_v: str
+    mib: float
+
+    def to_dict(self) -> dict:
+        return {"cells": self.cells, "layers": self.layers, "type_k": self.type_k,
+                "type_v": self.type_v, "MiB": self.mib}
+
+
+_KV_LINE = re.compile(r"size = +([\d.]+) MiB \( *(\d+) cells, +(\d+) layers.*K \((\w+)\).*"
+                      r"V \((\w+)\)")
+
+
+def _kv_caches(lines: Sequence[str]) -> List[KVCache]:
+    out = []
+    for line in lines:
+        m = _KV_LINE.search(line)
+        if m:
+            out.append(KVCache(int(m.group(2)), int(m.group(3)), m.group(4), m.group(5),
+                               float(m.group(1))))
+    return out
+
+
+def _flash_attn_used(lines: Sequence[str], asked: str) -> Optional[bool]:
+    """Whether llama.cpp uses flash attention: "auto" is resolved in its log."""
+    for line in reversed(lines):
+        low = line.lower()
+        if "flash attention" in low or "enabling flash_attn" in low:
+            return "disabled" not in low
+    return {"on": True, "off": False}.get(asked)
+
+
+def _compute_buffers_mib(lines: Sequence[str]) -> float:
+    """llama.cpp's compute buffers (its scratch space for one micro-batch), summed."""
+    sizes = [float(m.group(1)) for l in lines
+             for m in [re.search(r"compute buffer size = +([\d.]+) MiB", l)] if m]
+    return sum(sizes)
+
+
+def _last_error(lines: Sequence[str]) -> str:
+    errors = [l for l in lines if not _KEEP.search(l)]
+    return f" (llama.cpp: {errors[-1]})" if errors else ""
+
+
+# KV cache types llama-perplexity accepts (-ctk/-ctv), with their ggml type ids.
+KV_CACHE_TYPES = {"f32": 0, "f16": 1, "bf16": 30, "q8_0": 8, "q4_0": 2, "q4_1": 3,
+                  "iq4_nl": 20, "q5_0": 6, "q5_1": 7}
+FLASH_ATTN = ("on", "off", "auto")
+# llama-perplexity's default -b: each chunk is decoded in slices of this many tokens.
+DEFAULT_DECODE = 2048
 
 
 @dataclass
@@ -63,13 +133,18 @@ class ModelOptions:
     gpu_layers: layers offloaded to the GPU (llama-perplexity's -ngl); 0 keeps
         everything on the CPU. With a llama-cpp-python built without GPU
         support a request is noted once on stderr and the CPU is used.
-    batch: most tokens per llama_decode call (default: ``parallel`` whole
-        chunks, one call per group); ubatch: llama.cpp's micro-batch (default
-        512, at most ``batch``).
+    batch: most tokens per llama_decode call (default: ``parallel`` slices of
+        min(2048, n_ctx) tokens, as llama-perplexity's default -b 2048 cuts a
+        chunk); memory holds one decode's rows x vocabulary floats. ubatch:
+        llama.cpp's micro-batch (default 512, at most ``batch``).
     threads / threads_batch: llama.cpp's generation and batch threads
         (default: all cores; threads_batch defaults to threads).
     parallel: chunks decoded together as separate sequences (n_seq). The
         numbers do not change, only the speed.
+    cache_type_k / cache_type_v: the KV cache's types (-ctk / -ctv, one of
+        KV_CACHE_TYPES; default f16). flash_attn: "on", "off" or "auto" (-fa;
+        default auto, which llama.cpp turns on where the backend has it). A
+        quantized V cache needs flash attention.
     """
     gpu_layers: int = 0
     batch: Optional[int] = None
@@ -77,6 +152,9 @@ class ModelOptions:
     threads: Optional[int] = None
     threads_batch: Optional[int] = None
     parallel: int = 1
+    cache_type_k: str = "f16"
+    cache_type_v: str = "f16"
+    flash_attn: str = "auto"
 
     def check(self) -> "ModelOptions":
         for name in ("batch", "ubatch", "threads", "threads_batch"):
@@ -87,12 +165,22 @@ class ModelOptions:
             raise ValueError(f"gpu_layers must be 0 or more, got {self.gpu_layers}")
         if self.parallel < 1:
             raise ValueError(f"parallel must be at least 1, got {self.parallel}")
+        for name, flag in (("cache_type_k", "--cache-type-k"), ("cache_type_v", "--cache-type-v")):
+            if getattr(self, name) not in KV_CACHE_TYPES:
+                raise ValueError(f"{flag} {getattr(self, name)!r}: llama.cpp's KV cache takes "
+                                 f"{', '.join(KV_CACHE_TYPES)}")
+        if self.flash_attn not in FLASH_ATTN:
+            raise ValueError(f"--flash-attn {self.flash_attn!r}: on, off or auto")
+        if self.flash_attn == "off" and self.cache_type_v not in ("f32", "f16", "bf16"):
+            raise ValueError(f"--cache-type-v {self.cache_type_v} needs flash attention: "
+                             f"llama.cpp quantizes the V cache only with --flash-attn on or auto")
         return self
 
     def to_dict(self) -> dict:
         return {"gpu_layers": self.gpu_layers, "batch": self.batch, "ubatch": self.ubatch,
                 "threads": self.threads, "threads_batch": self.threads_batch,
-                "parallel": self.parallel}
+                "parallel": self.parallel, "cache_type_k": self.cache_type_k,
+                "cache_type_v": self.cache_type_v, "flash_attn": self.flash_attn}
 
 
 _WARNED_NO_GPU = False
@@ -134,8 +222,7 @@ class Vocabulary:
         self.path = os.fspath(model_path)
         check_gguf(self.path)
         lc = self._lc = _llama()
-        if not verbose:
-            _silence_llama_logs(lc)
+        _silence_llama_logs(lc, verbose)
         lc.llama_backend_init()
         params = lc.llama_model_default_params()
         params.vocab_only = True
@@ -184,13 +271,12 @@ class ModelRunner:
         if n_ctx < 3:
             raise ModelError(f"context must be at least 3 tokens, got {n_ctx}")
         lc = self._lc = _llama()
-        if not verbose:
-            _silence_llama_logs(lc)
+        _silence_llama_logs(lc, verbose)
         lc.llama_backend_init()
         self.gpu_unavailable = _warn_no_gpu(lc, options.gpu_layers)
         mp = lc.llama_model_default_params()
         mp.n_gpu_layers = options.gpu_layers
-        del _OFFLOAD_LINES[:]
+        del _KEPT_LINES[:]
         self._model = lc.llama_model_load_from_file(self.path.encode(), mp)
         if not self._model:
             raise ModelError(f"{self.path}: llama.cpp could not load this model")
@@ -217,7 +303,8 @@ class ModelRunner:
         self.threads_batch = thread_count(options.threads_batch or options.threads)
         # one decode carries the same slice of every chunk in the group
         group = n_ctx * self.parallel
-        self.n_batch = min(options.batch or group, group)
+        wanted = options.batch or min(DEFAULT_DECODE, n_ctx) * self.parallel
+        self.n_batch = min(wanted, group)
         if self.n_batch < self.parallel:
             self.close()
             raise ModelError(f"--batch {self.n_batch} is smaller than --parallel {self.parallel}: "
@@ -232,21 +319,46 @@ class ModelRunner:
         p.n_seq_max = self.parallel
         p.n_threads = self.threads
         p.n_threads_batch = self.threads_batch
-        p.flash_attn_type = lc.LLAMA_FLASH_ATTN_TYPE_ENABLED
+        p.flash_attn_type = {"on": lc.LLAMA_FLASH_ATTN_TYPE_ENABLED,
+                             "off": lc.LLAMA_FLASH_ATTN_TYPE_DISABLED,
+                             "auto": lc.LLAMA_FLASH_ATTN_TYPE_AUTO}[options.flash_attn]
+        p.type_k = KV_CACHE_TYPES[options.cache_type_k]
+        p.type_v = KV_CACHE_TYPES[options.cache_type_v]
+        # llama-perplexity's common parameters: a sliding-window layer's cache
+        # holds its window only (llama.cpp's own default keeps every position,
+        # which changes the logits past the window)
+        p.swa_full = False
         # task scoring shares a prefix between sequences: one KV cache for all
         p.kv_unified = kv_unified
+        first_log = len(_KEPT_LINES)
         self._ctx = lc.llama_init_from_model(self._model, p)
+        log = _KEPT_LINES[first_log:]
         if not self._ctx:
             self.close()
-            raise ModelError(f"{self.path}: llama.cpp could not create a context of {group} "
-                             f"tokens ({self.parallel} x {n_ctx})")
+            raise ModelError(
+                f"{self.path}: llama.cpp could not create a context of {group} tokens "
+                f"({self.parallel} x {n_ctx}; decodes of {self.n_batch}, micro-batches of "
+                f"{self.n_ubatch}; K/V cache {options.cache_type_k}/{options.cache_type_v}; flash "
+                f"attention {options.flash_attn}): out of memory, or options this model does "
+                f"not support{_last_error(log)}")
+        self.kv_caches = _kv_caches(log)
+        self.flash_attn_used = _flash_attn_used(log, options.flash_attn)
+        self.compute_buffers_mib = _compute_buffers_mib(log)
         self._batch = lc.llama_batch_init(self.n_batch, 0, self.parallel)
-        self._gathered = None
         self.decode_seconds = 0.0  # time spent in llama.cpp's forward passes
+
+    def settings(self) -> dict:
+        """The options as run (defaults resolved) and what llama.cpp made of
+        them, for the JSON record."""
+        return {**self.options.to_dict(), "offloaded_layers": self.offloaded,
+                "decode_tokens": self.n_batch, "ubatch_tokens": self.n_ubatch,
+                "flash_attn_used": self.flash_attn_used,
+                "kv_caches": [c.to_dict() for c in self.kv_caches],
+                "compute_buffers_MiB": self.compute_buffers_mib}
 
     def _offloaded_layers(self, asked: int) -> int:
         """Layers llama.cpp put on the GPU: its own log line when it wrote one."""
-        for line in reversed(_OFFLOAD_LINES):
+        for line in reversed(_KEPT_LINES):
             m = re.search(r"offloaded (\d+)/(\d+) layers", line)
             if m:
                 return int(m.group(1))
@@ -302,15 +414,18 @@ class ModelRunner:
         """The first position of a chunk whose logits are scored (SPEC §1)."""
         return self.n_ctx // 2
 
-    def chunk_logits(self, tokens: np.ndarray) -> np.ndarray:
-        """float32 logits (n_ctx - first, n_vocab) of one chunk at positions
-        first .. n_ctx - 1, valid until the next call. Row j predicts token
-        first + j + 1."""
-        return self.group_logits([tokens])[0]
+    @property
+    def rows_per_decode(self) -> int:
+        """Most logit rows one decode hands on (per chunk of the group)."""
+        return self.slice
 
-    def group_logits(self, chunks: Sequence[np.ndarray]) -> np.ndarray:
-        """Logits (len(chunks), n_ctx - first, n_vocab) of up to ``parallel``
-        chunks decoded together, one sequence each; valid until the next call."""
+    def decode_chunks(self, chunks: Sequence[np.ndarray]) -> Iterator[Tuple[int, np.ndarray]]:
+        """Decode up to ``parallel`` chunks together, one sequence each, and
+        after each llama_decode that returns logits yield ``(lo, logits)``:
+        float32 logits (len(chunks), n, n_vocab) of positions first + lo ..
+        first + lo + n - 1 of every chunk (row j predicts token first + j + 1;
+        the last row, position n_ctx - 1, predicts nothing). ``logits`` is a
+        view of llama.cpp's output buffer, valid until the generator resumes."""
         lc = self._lc
         n_seq = len(chunks)
         if not 1 <= n_seq <= self.parallel:
@@ -320,15 +435,9 @@ class ModelRunner:
                 raise ValueError(f"a chunk is {self.n_ctx} tokens, got {len(t)}")
         start = time.perf_counter()
         lc.llama_memory_clear(lc.llama_get_memory(self._ctx), True)
-        first, n_out = self.first, self.n_ctx - self.first
+        first = self.first
         token_lists = [t.tolist() for t in chunks]
-        pieces = range(0, self.n_ctx, self.slice)
-        out = None
-        if len(pieces) > 1:
-            if self._gathered is None or self._gathered.shape[0] < n_seq:
-                self._gathered = np.empty((self.parallel, n_out, self.n_vocab), np.float32)
-            out = self._gathered[:n_seq]
-        for lo in pieces:
+        for lo in range(0, self.n_ctx, self.slice):
             hi = min(lo + self.slice, self.n_ctx)
             b = self._batch
             i = 0
@@ -341,20 +450,24 @@ class ModelRunner:
                     b.logits[i] = pos >= first
                     i += 1
             b.n_tokens = i
-            rc = lc.llama_decode(self._ctx, b)
-            if rc != 0:
-                raise RuntimeError(f"llama_decode failed with status {rc}")
+            self._decode(b, i, n_seq * max(0, hi - max(lo, first)))
             n_here = max(0, hi - max(lo, first))
             if n_here == 0:
                 continue
             view = np.ctypeslib.as_array(lc.llama_get_logits(self._ctx),
                                          shape=(n_seq, n_here, self.n_vocab))
-            if out is None:
-                self.decode_seconds += time.perf_counter() - start
-                return view
-            out[:, max(lo, first) - first:hi - first] = view
+            self.decode_seconds += time.perf_counter() - start
+            yield max(lo, first) - first, view
+            start = time.perf_counter()
         self.decode_seconds += time.perf_counter() - start
-        return out
+
+    def _decode(self, batch, n_tokens: int, n_outputs: int) -> None:
+        rc = self._lc.llama_decode(self._ctx, batch)
+        if rc != 0:
+            gb = n_outputs * self.n_vocab * 4 / 1e9
+            raise ModelError(f"{self.path}: llama.cpp could not decode {n_tokens} tokens "
+                             f"(status {rc}; {n_outputs} rows of logits, {gb:.2f} GB): out of "
+                             f"memory? a smaller --batch needs less")
 
     def decode_tokens(self, tokens: Sequence[int], positions: Sequence[int],
                       seq_ids: Sequence[Sequence[int]], outputs: Sequence[bool]) -> np.ndarray:
@@ -383,10 +496,8 @@ class ModelRunner:
                 b.logits[k] = bool(outputs[i])
                 k += 1
             b.n_tokens = k
-            rc = lc.llama_decode(self._ctx, b)
-            if rc != 0:
-                raise RuntimeError(f"llama_decode failed with status {rc}")
             here = int(sum(bool(o) for o in outputs[lo:hi]))
+            self._decode(b, k, here)
             if here:
                 out[done:done + here] = np.ctypeslib.as_array(lc.llama_get_logits(self._ctx),
                                                               shape=(here, self.n_vocab))
@@ -396,7 +507,6 @@ class ModelRunner:
 
     def close(self) -> None:
         lc = self._lc
-        self._gathered = None
         if self._batch is not None:
             lc.llama_batch_free(self._batch)
             self._batch = None

@@ -129,6 +129,7 @@ class TaskResult:
     outcomes: List[TaskOutcome] = field(default_factory=list)
     n_available: int = 0      # tasks in the file
     model: dict = field(default_factory=dict)  # what the runner says of the model
+    settings: dict = field(default_factory=dict)  # the runner's options as run
 
     @property
     def count(self) -> int:
@@ -330,6 +331,7 @@ def _open(model, n_ctx: int, options: Optional[ModelOptions], verbose: bool,
         opts["batch"] = min(2048, n_ctx * opts["parallel"])
     runner = ModelRunner(model, n_ctx, ModelOptions(**opts), verbose, kv_unified=True)
     result.model = {"bits_per_weight": runner.bits_per_weight, "description": runner.description}
+    result.settings = runner.settings()
     return runner
 
 
