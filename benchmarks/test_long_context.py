@@ -6,9 +6,9 @@ over one chunk of the licence texts in /usr/share/common-licenses.
 Each command runs in a process of its own and its peak RSS is the kernel's
 account of it (wait4's ru_maxrss), model loading included. Contexts:
 $QUANTKL_BENCH_CONTEXTS (default 4096,8192,16384,32768); llama-perplexity
-runs where its chunk buffers fit in half the machine's memory
-(n_ctx x vocab x 4 bytes for the logits it gathers, the same again for its
-dump rows and scores). quantkl also runs with --batch 512. Beside each
+runs where its chunk's buffers fit in the machine's memory (about 1.2 x
+n_ctx x vocab x 4 bytes at its peak: the logits it gathers for the scored
+half and its dump rows). quantkl also runs with --batch 512. Beside each
 context: llama.cpp's KV cache and compute buffers as quantkl's runner reads
 them back, the part of the memory that grows with the context.
 """
@@ -46,6 +46,16 @@ def run(cmd):
     return wall, usage.ru_maxrss * 1024
 
 
+def same_bytes(a, b) -> bool:
+    with open(a, "rb") as x, open(b, "rb") as y:
+        while True:
+            u, v = x.read(1 << 24), y.read(1 << 24)
+            if u != v:
+                return False
+            if not u:
+                return True
+
+
 def available_memory() -> int:
     with open("/proc/meminfo") as f:
         for line in f:
@@ -73,29 +83,33 @@ def setup(tmp_path_factory):
 def test_memory_and_time_along_the_context(benchmark, record, setup):
     lp, base_model, quant, text, d = setup
     quantkl = [sys.executable, "-m", "quantkl"]
-    rows = []
+    rows, identical = [], {}
 
     def sweep():
         for n_ctx in CONTEXTS:
-            base = d / f"base-{n_ctx}.kld"
+            base = d / f"quantkl-{n_ctx}.kld"
             for batch in (None, 512):
                 flag = [] if batch is None else ["--batch", str(batch)]
                 label = "default" if batch is None else f"--batch {batch}"
+                out = base if batch is None else d / f"quantkl-{batch}-{n_ctx}.kld"
                 kv, compute = subprocess.run(
                     [sys.executable, "-c", SPLIT, base_model, str(n_ctx),
                      str(batch or min(2048, n_ctx))], capture_output=True, text=True,
                     check=True).stdout.split()
-                dump = run(quantkl + ["dump", base_model, str(text), "-o", str(base), "--ctx",
-                                      str(n_ctx), "--chunks", "1", "-f", "-q", *flag])
-                score = run(quantkl + ["score", str(base), "-m", quant, "-q", *flag])
+                dump = run(quantkl + ["dump", base_model, str(text), "-o", str(out), "--ctx",
+                                      str(n_ctx), "--chunks", "1", "-q", *flag])
+                score = run(quantkl + ["score", str(out), "-m", quant, "-q", *flag])
                 rows.append((n_ctx, f"quantkl {label}", dump, score, float(kv), float(compute)))
-            if 2 * 2 * n_ctx * VOCAB * 4 < available_memory() / 2:
+                if out != base:
+                    out.unlink()
+            if 1.2 * n_ctx * VOCAB * 4 < 0.8 * available_memory():
                 theirs = d / f"lp-{n_ctx}.kld"
                 dump = run([str(lp), "-m", base_model, "-f", str(text), "-c", str(n_ctx),
                             "--chunks", "1", "--kl-divergence-base", str(theirs)])
                 score = run([str(lp), "-m", quant, "-c", str(n_ctx), "--kl-divergence-base",
                              str(base), "--kl-divergence"])
                 rows.append((n_ctx, "llama-perplexity", dump, score, None, None))
+                identical[n_ctx] = same_bytes(base, theirs)
                 theirs.unlink()
             base.unlink()
 
@@ -109,6 +123,8 @@ def test_memory_and_time_along_the_context(benchmark, record, setup):
                  else "- | -")
         print(f"| {n_ctx:,} | {tool} | {dm / 1e9:.2f} GB | {dw:.1f} s | {sm / 1e9:.2f} GB | "
               f"{sw:.1f} s | {split} |")
+    for n_ctx, same in identical.items():
+        print(f"ctx {n_ctx:,}: quantkl's default dump is llama-perplexity's to the byte: {same}")
     for n_ctx in CONTEXTS:
         ours = next(r for r in rows if r[0] == n_ctx and r[1] == "quantkl default")
         theirs = next((r for r in rows if r[0] == n_ctx and r[1] == "llama-perplexity"), None)
@@ -118,6 +134,7 @@ def test_memory_and_time_along_the_context(benchmark, record, setup):
             record(benchmark, label=f"ctx {n_ctx} {what} s vs llama-perplexity s",
                    rate_M_per_s=ours[i][0], reference_rate_M_per_s=theirs[i][0],
                    ratio=ours[i][0] / theirs[i][0])
+    benchmark.extra_info["identical_dumps"] = identical
     benchmark.extra_info["rows"] = [
         {"ctx": n, "tool": t, "dump_seconds": dw, "dump_peak_rss": dm, "score_seconds": sw,
          "score_peak_rss": sm, "kv_cache_MiB": kv, "compute_buffers_MiB": c}

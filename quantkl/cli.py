@@ -704,10 +704,11 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("-o", "--output", required=True, metavar="FILE.png|FILE.svg")
     pl.add_argument("--kind", choices=("scatter", "cdf"), default="scatter")
     pl.add_argument("--x", choices=("size", "bpw"), default="size")
-    pl.add_argument("--y", choices=("kld", "ppl-ratio", "same-top", "hellaswag", "winogrande",
-                                    "mc"), default="kld",
-                    help="what to plot against --x: an error of the KLD records or a task "
-                         "accuracy of the task records (default kld)")
+    pl.add_argument("--y", default="kld", metavar="Y",
+                    help="what to plot against --x: kld, ppl-ratio, same-top (errors of the "
+                         "KLD records), hellaswag, winogrande, mc (accuracies of the task "
+                         "records), or any statistic of the KLD records by name, such as "
+                         "kld-p99.9 or dp-rms (default kld); the Pareto frontier is marked")
     pl.add_argument("--width", type=pixels, default=900, help="pixels, up to 10000 (default 900)")
     pl.add_argument("--height", type=pixels, default=600, help="pixels, up to 10000 (default 600)")
     pl.set_defaults(func=cmd_plot)

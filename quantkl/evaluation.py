@@ -65,6 +65,14 @@ def base_perplexity(nll: np.ndarray) -> BasePerplexity:
 # Encoded rows held at once while writing a dump (a decode's rows are encoded
 # and written in blocks of at most this many bytes).
 ENCODE_BLOCK_BYTES = 32 << 20
+# A dump's rows read at once while scoring; their pages are released before
+# the next piece, so resident memory does not grow with the context.
+PIECE_BYTES = 64 << 20
+
+
+def piece_rows(dump: LogitDump) -> int:
+    """Rows of ``dump`` in one piece of at most PIECE_BYTES."""
+    return max(1, PIECE_BYTES // (2 * dump.row_width))
 
 
 class RowEncoder:
@@ -265,7 +273,7 @@ def score_model(dump: LogitDump, model: str | os.PathLike, *, mode: str = "llama
         runner = ModelRunner(model, dump.n_ctx, options, verbose)
     decoded_before = runner.decode_seconds
     scoring = 0.0
-    per_chunk = dump.rows_per_chunk
+    per_chunk, step = dump.rows_per_chunk, piece_rows(dump)
     try:
         if runner.n_vocab != dump.n_vocab:
             raise ModelError(f"vocabulary mismatch: {dump.path} has {dump.n_vocab} entries, "
@@ -280,15 +288,17 @@ def score_model(dump: LogitDump, model: str | os.PathLike, *, mode: str = "llama
                 blocks: List[List[KLDResult]] = [[] for _ in group]
                 for lo, logits in runner.decode_chunks([dump.chunk_tokens(c) for c in group]):
                     n = min(logits.shape[1], per_chunk - lo)  # position n_ctx - 1 is not scored
+                    t = time.perf_counter()
                     for k, c in enumerate(group if n > 0 else ()):
-                        piece = dump.piece(c, lo, lo + n)
-                        t = time.perf_counter()
-                        blocks[k].append(score_piece(scorer, (dump,), piece.rows, logits[k, :n],
-                                                     piece.tokens,
-                                                     scorer.count + k * per_chunk + lo, c + 1))
-                        if encoder:
-                            encoder.write(c, lo, logits[k, :n], piece.tokens)
-                        scoring += time.perf_counter() - t
+                        for i in range(0, n, step):
+                            j = min(i + step, n)
+                            piece = dump.piece(c, lo + i, lo + j)
+                            blocks[k].append(score_piece(
+                                scorer, (dump,), piece.rows, logits[k, i:j], piece.tokens,
+                                scorer.count + k * per_chunk + lo + i, c + 1))
+                            if encoder:
+                                encoder.write(c, lo + i, logits[k, i:j], piece.tokens)
+                    scoring += time.perf_counter() - t
                 for c, pieces in zip(group, blocks):
                     for j, block in enumerate(pieces):
                         scorer.add(block, chunk_end=j == len(pieces) - 1)
@@ -312,11 +322,6 @@ def score_model(dump: LogitDump, model: str | os.PathLike, *, mode: str = "llama
             runner.close()
 
 
-# Rows of two dumps scored at once by compare_dumps: their pages are released
-# after each piece, so resident memory does not grow with the context.
-COMPARE_PIECE_ROWS = 2048
-
-
 def compare_dumps(base: LogitDump, other: LogitDump, *, mode: str = "llama",
                   topk: Sequence[int] = (1, 5, 10), threads: Optional[int] = None,
                   chunks: Optional[Tuple[int, int]] = None, stop: Optional[StopRule] = None,
@@ -338,10 +343,10 @@ def compare_dumps(base: LogitDump, other: LogitDump, *, mode: str = "llama",
     a, b = chunks if chunks is not None else (0, base.n_chunk)
     info.chunks = info.scored = (a, b)
     scorer = Scorer(mode=mode, topk=topk, threads=threads, reverse=reverse, js=js)
-    per_chunk = base.rows_per_chunk
+    per_chunk, step = base.rows_per_chunk, piece_rows(base)
     for c in range(a, b):
-        for lo in range(0, per_chunk, COMPARE_PIECE_ROWS):
-            hi = min(lo + COMPARE_PIECE_ROWS, per_chunk)
+        for lo in range(0, per_chunk, step):
+            hi = min(lo + step, per_chunk)
             bp, op = base.piece(c, lo, hi), other.piece(c, lo, hi)
             scorer.add(score_piece(scorer, (base, other), bp.rows, op.rows, bp.tokens,
                                    scorer.count, c + 1), chunk_end=hi == per_chunk)

@@ -1,12 +1,13 @@
 """Plots across quants from JSON records (matplotlib, the optional extra quantkl[plot]).
 
-"scatter": a quant's error (mean KLD, PPL ratio - 1, or 1 - same top) against
-its size or bits per weight, log-scale y with error bars and labelled points,
-as in quantization-error-against-bpw charts (seed 003); or its task accuracy
-(HellaSwag, Winogrande, multiple choice, from task records) with the Wilson
-95 % interval as error bars, as seed 003 plots HellaSwag and MMLU. "cdf": each quant's
-per-token KLD distribution, which shows the damaged tail an average hides
-(seed 002).
+"scatter": a quant's error (mean KLD, PPL ratio - 1, 1 - same top, or any
+statistic of its record, such as kld-p99.9, the figure model cards quote)
+against its size or bits per weight, log-scale y with error bars and
+labelled points, the Pareto frontier (the quants no smaller quant beats)
+joined and marked; or its task accuracy (HellaSwag, Winogrande, multiple
+choice, from task records) with the Wilson 95 % interval as error bars.
+"cdf": each quant's per-token KLD distribution, which shows the damaged tail
+an average hides.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from typing import Sequence
 import numpy as np
 
 from .reports import QuantRecord
+
 
 def _stat(key: str, unc: str, minus_one: bool = False, complement: bool = False):
     def get(r: QuantRecord):
@@ -37,17 +39,54 @@ def _accuracy(task: str):
     return get
 
 
+def _any_stat(key: str):
+    def get(r: QuantRecord):
+        if not r.has_kld or key not in r.stats:
+            return None
+        unc = r.stats.get(key + "_unc", 0.0)
+        return r.stats[key], (unc, unc)
+    return get
+
+
 # y axis: label, value and (lower, upper) error of a record (None: not in it),
-# whether a log scale suits it
+# whether a log scale suits it, whether larger is better
 Y_AXES = {
-    "kld": ("Mean KLD (nats)", _stat("kld_mean", "kld_mean_unc"), True),
+    "kld": ("Mean KLD (nats)", _stat("kld_mean", "kld_mean_unc"), True, False),
     "ppl-ratio": ("PPL(Q)/PPL(base) - 1", _stat("ppl_ratio", "ppl_ratio_unc", minus_one=True),
-                  True),
-    "same-top": ("1 - same top", _stat("same_top", "same_top_unc", complement=True), True),
-    "hellaswag": ("HellaSwag acc_norm (%)", _accuracy("hellaswag"), False),
-    "winogrande": ("Winogrande accuracy (%)", _accuracy("winogrande"), False),
-    "mc": ("Multiple-choice accuracy (%)", _accuracy("multiple-choice"), False),
+                  True, False),
+    "same-top": ("1 - same top", _stat("same_top", "same_top_unc", complement=True), True,
+                 False),
+    "hellaswag": ("HellaSwag acc_norm (%)", _accuracy("hellaswag"), False, True),
+    "winogrande": ("Winogrande accuracy (%)", _accuracy("winogrande"), False, True),
+    "mc": ("Multiple-choice accuracy (%)", _accuracy("multiple-choice"), False, True),
 }
+# Statistics where more is closer to the base (agreement, overlap, correlation).
+_LARGER_IS_BETTER = ("same_top", "top", "cor_")
+
+
+def y_axis(y: str):
+    """(label, getter, log scale, larger is better) for --y: a named axis, or
+    any statistic of a record by its name with - or _ (kld-p99.9 is
+    kld_p99_9)."""
+    if y in Y_AXES:
+        return Y_AXES[y]
+    key = y.replace("-", "_").replace(".", "_")
+    return (y, _any_stat(key), not key.startswith(("dp_", "cor_", "ln_")),
+            key.startswith(_LARGER_IS_BETTER))
+
+
+def pareto_front(points, larger_is_better: bool):
+    """Indices of the points (x, y) that no point of smaller or equal x beats
+    in y, in order of x: the quants worth their size."""
+    order = sorted(range(len(points)), key=lambda i: (points[i][0], points[i][1]
+                                                      * (-1 if larger_is_better else 1)))
+    front, best = [], None
+    for i in order:
+        y = points[i][1]
+        if best is None or (y > best if larger_is_better else y < best):
+            front.append(i)
+            best = y
+    return front
 X_AXES = {"size": "Size (GB)", "bpw": "Bits per weight"}
 
 
@@ -86,9 +125,7 @@ def plot_records(records: Sequence[QuantRecord], out: str, *, kind: str = "scatt
 def _scatter(ax, records, x, y):
     if x not in X_AXES:
         raise ValueError(f"unknown x axis {x!r}: {', '.join(X_AXES)}")
-    if y not in Y_AXES:
-        raise ValueError(f"unknown y axis {y!r}: {', '.join(Y_AXES)}")
-    ylabel, get, log_scale = Y_AXES[y]
+    ylabel, get, log_scale, larger_is_better = y_axis(y)
     pts = []
     for r in records:
         got = get(r)
@@ -100,9 +137,16 @@ def _scatter(ax, records, x, y):
                              f"model): use records from quantkl score or quantkl tasks")
         pts.append((xv, got[0], got[1], r.name))
     if not pts:
-        raise ValueError(f"none of the records has what --y {y} plots")
+        raise ValueError(f"none of the records has what --y {y} plots (named axes: "
+                         f"{', '.join(Y_AXES)}; or a statistic of the records, such as "
+                         f"kld-p99.9 or dp-rms)")
     xs, ys, errs, names = zip(*pts)
-    ax.errorbar(xs, ys, yerr=np.array(errs).T, fmt="o", capsize=3)
+    ax.errorbar(xs, ys, yerr=np.array(errs).T, fmt="o", capsize=3, mfc="none",
+                label="quant")
+    front = pareto_front(list(zip(xs, ys)), larger_is_better)
+    ax.plot([xs[i] for i in front], [ys[i] for i in front], "o-", color="C1",
+            label="Pareto frontier (no smaller quant is better)")
+    ax.legend(fontsize=8)
     for xv, yv, name in zip(xs, ys, names):
         ax.annotate(name, (xv, yv), textcoords="offset points", xytext=(5, 5), fontsize=8)
     if log_scale and all(v > 0 for v in ys):

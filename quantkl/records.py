@@ -250,10 +250,7 @@ def merge_records(paths: Sequence[str], out: str, force: bool = False) -> Dict[s
             raise ValueError(f"{p1} (chunks {a1}:{b1}) and {p2} (chunks {a2}:{b2}) overlap")
         if a2 > b1:
             raise ValueError(f"chunks {b1}:{a2} are missing between {p1} and {p2}")
-    results = [load_result(p, rec) for _, _, p, rec in shards]
-    total = results[0]
-    for r in results[1:]:
-        total = total + r
+    total = KLDResult.concat([load_result(p, rec) for _, _, p, rec in shards])
     a, b = shards[0][0], shards[-1][1]
     meta = {k: v for k, v in r0.items()
             if k not in ("record_version", "quantkl_version", "mode", "count", "topk",

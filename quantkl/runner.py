@@ -311,6 +311,13 @@ class ModelRunner:
                              f"a decode carries a slice of every chunk in the group")
         self.slice = min(n_ctx, self.n_batch // self.parallel)
         self.n_ubatch = min(options.ubatch or 512, self.n_batch)
+        # llama.cpp cuts one sequence's slice into micro-batches of n_ubatch
+        # tokens, in order, and its numbers depend on that cut alone: handing
+        # it the micro-batches one llama_decode at a time gives the same
+        # logits (tested against llama-perplexity's whole slices) with an
+        # output buffer of n_ubatch rows instead of a slice's. Several
+        # sequences are cut across all of them, so their slice goes whole.
+        self.decode_size = self.slice if self.parallel > 1 else min(self.slice, self.n_ubatch)
         self.options = options
         p = lc.llama_context_default_params()
         p.n_ctx = group
@@ -329,7 +336,7 @@ class ModelRunner:
         # which changes the logits past the window)
         p.swa_full = False
         # task scoring shares a prefix between sequences: one KV cache for all
-        p.kv_unified = kv_unified
+        p.kv_unified = self.kv_unified = kv_unified
         first_log = len(_KEPT_LINES)
         self._ctx = lc.llama_init_from_model(self._model, p)
         log = _KEPT_LINES[first_log:]
@@ -351,7 +358,10 @@ class ModelRunner:
         """The options as run (defaults resolved) and what llama.cpp made of
         them, for the JSON record."""
         return {**self.options.to_dict(), "offloaded_layers": self.offloaded,
-                "decode_tokens": self.n_batch, "ubatch_tokens": self.n_ubatch,
+                "batch_tokens": self.n_batch, "ubatch_tokens": self.n_ubatch,
+                # tasks decode whole batches (decode_tokens), chunks one span at a time
+                "decode_tokens": self.n_batch if self.kv_unified else
+                self.decode_size * self.parallel,
                 "flash_attn_used": self.flash_attn_used,
                 "kv_caches": [c.to_dict() for c in self.kv_caches],
                 "compute_buffers_MiB": self.compute_buffers_mib}
@@ -414,11 +424,6 @@ class ModelRunner:
         """The first position of a chunk whose logits are scored (SPEC §1)."""
         return self.n_ctx // 2
 
-    @property
-    def rows_per_decode(self) -> int:
-        """Most logit rows one decode hands on (per chunk of the group)."""
-        return self.slice
-
     def decode_chunks(self, chunks: Sequence[np.ndarray]) -> Iterator[Tuple[int, np.ndarray]]:
         """Decode up to ``parallel`` chunks together, one sequence each, and
         after each llama_decode that returns logits yield ``(lo, logits)``:
@@ -437,8 +442,7 @@ class ModelRunner:
         lc.llama_memory_clear(lc.llama_get_memory(self._ctx), True)
         first = self.first
         token_lists = [t.tolist() for t in chunks]
-        for lo in range(0, self.n_ctx, self.slice):
-            hi = min(lo + self.slice, self.n_ctx)
+        for lo, hi in self._decode_spans():
             b = self._batch
             i = 0
             for seq, toks in enumerate(token_lists):
@@ -460,6 +464,15 @@ class ModelRunner:
             yield max(lo, first) - first, view
             start = time.perf_counter()
         self.decode_seconds += time.perf_counter() - start
+
+    def _decode_spans(self) -> List[Tuple[int, int]]:
+        """Positions [lo, hi) of a chunk that each llama_decode call carries."""
+        spans = []
+        for s in range(0, self.n_ctx, self.slice):
+            e = min(s + self.slice, self.n_ctx)
+            spans += [(lo, min(lo + self.decode_size, e))
+                      for lo in range(s, e, self.decode_size)]
+        return spans
 
     def _decode(self, batch, n_tokens: int, n_outputs: int) -> None:
         rc = self._lc.llama_decode(self._ctx, batch)

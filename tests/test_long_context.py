@@ -32,6 +32,16 @@ def run_lp(lp, *args):
     return p.stdout
 
 
+def same_bytes(a, b) -> bool:
+    with open(a, "rb") as x, open(b, "rb") as y:
+        while True:
+            u, v = x.read(1 << 24), y.read(1 << 24)
+            if u != v:
+                return False
+            if not u:
+                return True
+
+
 @pytest.fixture(scope="module")
 def smollm2_2048(lp, smollm2, tmp_path_factory):
     """llama-perplexity's base dump of SmolLM2 at ctx 2048 in decodes of 256."""
@@ -70,14 +80,19 @@ def test_ctx_2048_scores_as_llama_perplexity(lp, smollm2_2048, quants, tmp_path,
 
 def test_default_decode_is_llama_perplexitys(smollm2):
     """llama-perplexity's default -b 2048 cuts a chunk past 2048 tokens into
-    decodes of 2048; quantkl's default is the same cut, and --parallel keeps
-    whole slices of each chunk."""
+    slices of 2048, and llama.cpp cuts those into micro-batches of 512;
+    quantkl's default makes the same cut and hands llama.cpp one micro-batch
+    per llama_decode, so that its output buffer holds 512 rows. --parallel
+    keeps whole slices of each chunk."""
     with ModelRunner(smollm2, 4096) as r:
-        assert (r.n_batch, r.slice, r.n_ubatch) == (2048, 2048, 512)
+        assert (r.n_batch, r.slice, r.n_ubatch, r.decode_size) == (2048, 2048, 512, 512)
+        assert r._decode_spans()[:5] == [(0, 512), (512, 1024), (1024, 1536), (1536, 2048),
+                                         (2048, 2560)]
     with ModelRunner(smollm2, 512, ModelOptions(parallel=4)) as r:
-        assert (r.n_batch, r.slice) == (2048, 512)
-    with ModelRunner(smollm2, 1024, ModelOptions(batch=300)) as r:
-        assert (r.n_batch, r.slice, r.n_ubatch) == (300, 300, 300)
+        assert (r.n_batch, r.slice, r.decode_size) == (2048, 512, 512)
+    with ModelRunner(smollm2, 1024, ModelOptions(batch=300, ubatch=128)) as r:
+        assert (r.n_batch, r.slice, r.n_ubatch, r.decode_size) == (300, 300, 128, 128)
+        assert r._decode_spans()[:4] == [(0, 128), (128, 256), (256, 300), (300, 428)]
 
 
 def test_gemma3_past_its_window_is_llama_perplexitys_dump(lp, gemma3, tmp_path):
@@ -88,12 +103,23 @@ def test_gemma3_past_its_window_is_llama_perplexitys_dump(lp, gemma3, tmp_path):
     run_lp(lp, "-m", gemma3, "-f", SAMPLE_TEXT, "-c", 1024, "--chunks", 2,
            "--kl-divergence-base", theirs)
     dump_base(gemma3, SAMPLE_TEXT, ours, n_ctx=1024, chunks=2)
-    with open(theirs, "rb") as a, open(ours, "rb") as b:
-        while True:
-            x, y = a.read(1 << 24), b.read(1 << 24)
-            assert x == y
-            if not x:
-                break
+    assert same_bytes(theirs, ours)
+
+
+@pytest.mark.parametrize("ours, theirs", [([], []), (["--batch", "512"], ["-b", "512"])])
+def test_gemma3_at_4096_is_llama_perplexitys_dump(lp, gemma3, tmp_path, ours, theirs):
+    """At ctx 4096 llama-perplexity's defaults decode a chunk in two slices
+    of 2048 tokens, eight micro-batches of 512; quantkl hands llama.cpp the
+    same micro-batches one llama_decode at a time, and the file is the same;
+    so it is with a cut of 512 on both sides."""
+    text = tmp_path / "text.txt"
+    text.write_bytes(SAMPLE_TEXT.read_bytes() + b"\n\n" + SAMPLE_TEXT.read_bytes())
+    a, b = tmp_path / "lp.kld", tmp_path / "ours.kld"
+    run_lp(lp, "-m", gemma3, "-f", text, "-c", 4096, "--chunks", 1, *theirs,
+           "--kl-divergence-base", a)
+    assert main(["dump", gemma3, str(text), "-o", str(b), "--ctx", "4096", "--chunks", "1",
+                 "-q", *ours]) == 0
+    assert same_bytes(a, b)
 
 
 def test_cache_options_reach_llama_cpp(smollm2):

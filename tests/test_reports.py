@@ -138,3 +138,27 @@ def test_to_pandas(records):
     assert len(df) == a.count and df["kld"].mean() == pytest.approx(a.kld_mean)
     t = comparison_table(load_records([str(d / "q4.json"), str(d / "q8.json")])).to_pandas()
     assert t.loc["KLD mean", "q4"] == pytest.approx(a.kld_mean)
+
+
+def test_pareto_front():
+    """The quants no smaller quant beats, in order of size."""
+    from quantkl.plots import pareto_front
+    errors = [(1.0, 0.5), (2.0, 0.6), (3.0, 0.2), (4.0, 0.3), (5.0, 0.1), (5.0, 0.05)]
+    assert pareto_front(errors, larger_is_better=False) == [0, 2, 5]
+    assert pareto_front([(1, 50), (2, 40), (3, 60)], larger_is_better=True) == [0, 2]
+
+
+def test_plot_any_statistic_with_its_frontier(records, capsys):
+    from quantkl.plots import y_axis
+    d, a, b = records
+    label, get, log_scale, larger = y_axis("kld-p99.9")
+    q4 = load_records([str(d / "q4.json")])[0]
+    assert get(q4)[0] == pytest.approx(a.kld_p99_9) and log_scale and not larger
+    assert y_axis("top5-overlap-mean")[3] and not y_axis("dp-mean")[2]
+    out = d / "p99.png"
+    assert main(["plot", str(d / "q4.json"), str(d / "q8.json"), "-o", str(out),
+                 "--y", "kld-p99.9", "-q"]) == 0
+    assert out.stat().st_size > 1000
+    assert main(["plot", str(d / "q4.json"), "-o", str(d / "x.png"), "--y", "no-such"]) == 1
+    assert "none of the records has what --y no-such plots" in capsys.readouterr().err
+    assert not (d / "x.png").exists()
