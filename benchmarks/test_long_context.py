@@ -12,6 +12,7 @@ half and its dump rows). quantkl also runs with --batch 512. Beside each
 context: llama.cpp's KV cache and compute buffers as quantkl's runner reads
 them back, the part of the memory that grows with the context.
 """
+import filecmp
 import os
 import subprocess
 import sys
@@ -44,16 +45,6 @@ def run(cmd):
     proc.returncode = os.waitstatus_to_exitcode(status)
     assert proc.returncode == 0, f"{' '.join(map(str, cmd))}: {err[-2000:]}"
     return wall, usage.ru_maxrss * 1024
-
-
-def same_bytes(a, b) -> bool:
-    with open(a, "rb") as x, open(b, "rb") as y:
-        while True:
-            u, v = x.read(1 << 24), y.read(1 << 24)
-            if u != v:
-                return False
-            if not u:
-                return True
 
 
 def available_memory() -> int:
@@ -109,7 +100,7 @@ def test_memory_and_time_along_the_context(benchmark, record, setup):
                 score = run([str(lp), "-m", quant, "-c", str(n_ctx), "--kl-divergence-base",
                              str(base), "--kl-divergence"])
                 rows.append((n_ctx, "llama-perplexity", dump, score, None, None))
-                identical[n_ctx] = same_bytes(base, theirs)
+                identical[n_ctx] = filecmp.cmp(base, theirs, shallow=False)
                 theirs.unlink()
             base.unlink()
 

@@ -549,11 +549,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--gpu-layers", "-ngl", type=non_negative_int, default=0, metavar="N",
                    help="layers to offload to the GPU [-ngl] (default 0: CPU only)")
     g.add_argument("--batch", "-b", type=positive_int, default=None, metavar="N",
-                   help="most tokens per llama_decode call [-b]; memory holds one decode's "
-                        "rows x vocabulary floats (default: --parallel slices of min(2048, "
-                        "ctx), as llama-perplexity's -b 2048 cuts a chunk)")
+                   help="logical batch [-b]: each chunk is decoded in slices of N / --parallel "
+                        "tokens (default: slices of min(2048, ctx), as llama-perplexity's -b "
+                        "2048 cuts a chunk)")
     g.add_argument("--ubatch", "-ub", type=positive_int, default=None, metavar="N",
-                   help="llama.cpp's micro-batch [-ub] (default 512)")
+                   help="llama.cpp's micro-batch [-ub]; memory holds one micro-batch's rows x "
+                        "vocabulary floats (default 512)")
     g.add_argument("--threads-batch", "-tb", type=positive_int, default=None, metavar="N",
                    help="threads for batch processing [-tb] (default: --threads)")
     g.add_argument("--parallel", "-np", type=positive_int, default=1, metavar="N",

@@ -1,6 +1,6 @@
 """Reports across quants from JSON records: the comparison table and paired tests.
 
-The table follows the community's quant comparisons (shared seed 001): size,
+The table follows the community's published quant comparisons: size,
 PPL, the KLD and Δp distributions, RMS Δp and same-top, then per-GB figures,
 one column per quant, sorted by mean KLD. Records must come from the same base
 and the same tokens; anything else is refused rather than mixed. Task records
@@ -78,6 +78,10 @@ def load_records(paths: Sequence[str], positions: Optional[np.ndarray] = None
         name = model.get("file") or other.get("file") or os.path.basename(p)
         out.append(QuantRecord(p, rec, os.path.splitext(name)[0], model.get("size_bytes"),
                                model.get("bits_per_weight")))
+    names = [q.name for q in out]
+    for q in out:  # one model run several ways (KV cache types, say): name each by its record
+        if names.count(q.name) > 1:
+            q.name = os.path.splitext(os.path.basename(q.path))[0]
     if out:
         check_comparable(out)
     if positions is not None:

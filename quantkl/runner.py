@@ -1,17 +1,18 @@
-"""A GGUF model evaluated chunk by chunk exactly as llama-perplexity does (SPEC §1, §5).
+"""A GGUF model evaluated chunk by chunk exactly as llama-perplexity does (docs/formats.md).
 
 Uses llama-cpp-python's C API directly, with the context llama-perplexity's
 common parameters give (full-size SWA cache off, flash attention "auto", f16
 KV cache, one KV stream per sequence), the KV cache cleared before every
 group of chunks, BOS substituted for the first token of each chunk when the
 vocabulary adds BOS. ``parallel`` chunks are decoded together as separate
-sequences (its n_seq), each decode carrying the same slice of every chunk:
+sequences (its n_seq), each carrying the same slice of every chunk:
 ``min(2048, n_ctx)`` tokens a chunk by default, llama-perplexity's default
-``-b 2048``, so that the two tools cut a chunk into the same decodes. Like
+``-b 2048``, cut by llama.cpp into the same micro-batches as there. Like
 llama-perplexity it asks llama.cpp for logits only at the scored half of a
 chunk (positions from ``n_ctx / 2``). Each decode's logits are handed on as a
 view of llama.cpp's own output buffer and consumed before the next decode:
-memory holds one decode's rows, whatever the context.
+memory holds one decode's rows (a micro-batch's, for one chunk at a time),
+whatever the context.
 """
 from __future__ import annotations
 
@@ -133,10 +134,11 @@ class ModelOptions:
     gpu_layers: layers offloaded to the GPU (llama-perplexity's -ngl); 0 keeps
         everything on the CPU. With a llama-cpp-python built without GPU
         support a request is noted once on stderr and the CPU is used.
-    batch: most tokens per llama_decode call (default: ``parallel`` slices of
-        min(2048, n_ctx) tokens, as llama-perplexity's default -b 2048 cuts a
-        chunk); memory holds one decode's rows x vocabulary floats. ubatch:
-        llama.cpp's micro-batch (default 512, at most ``batch``).
+    batch: llama-perplexity's -b: each chunk is decoded in slices of batch /
+        parallel tokens (default: slices of min(2048, n_ctx), its default -b
+        2048's cut). ubatch: llama.cpp's micro-batch (default 512, at most
+        ``batch``); with one chunk at a time each llama_decode carries one
+        micro-batch, so memory holds ubatch rows x vocabulary floats.
     threads / threads_batch: llama.cpp's generation and batch threads
         (default: all cores; threads_batch defaults to threads).
     parallel: chunks decoded together as separate sequences (n_seq). The
@@ -421,7 +423,7 @@ class ModelRunner:
 
     @property
     def first(self) -> int:
-        """The first position of a chunk whose logits are scored (SPEC §1)."""
+        """The first position of a chunk whose logits are scored (n_ctx / 2)."""
         return self.n_ctx // 2
 
     def decode_chunks(self, chunks: Sequence[np.ndarray]) -> Iterator[Tuple[int, np.ndarray]]:
