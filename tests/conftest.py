@@ -1,4 +1,5 @@
-import os
+import lzma
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -7,23 +8,54 @@ import pytest
 import quantkl
 
 HERE = Path(__file__).resolve().parent
-
-
-def golden_dir() -> Path:
-    """llama.cpp's own outputs: $QUANTKL_GOLDEN, else shared/golden beside the clone."""
-    candidates = [os.environ.get("QUANTKL_GOLDEN"),
-                  HERE.parent.parent / "shared" / "golden" / "smollm2-gpl3-c128",
-                  Path("/work/shared/golden/smollm2-gpl3-c128")]
-    for c in candidates:
-        if c and (Path(c) / "smollm2-q4_1-gpl3-c128.kld").exists():
-            return Path(c)
-    raise FileNotFoundError("golden files not found: set QUANTKL_GOLDEN to shared/golden/"
-                            "smollm2-gpl3-c128")
+DATA = HERE / "data"
 
 
 @pytest.fixture(scope="session")
-def golden() -> Path:
-    return golden_dir()
+def golden(tmp_path_factory) -> Path:
+    """llama.cpp's own outputs for SmolLM2 over the GPL-3 text at n_ctx 128
+    (tests/data/README.md says how they were made): its base dump, unpacked,
+    its printouts, and the text."""
+    d = tmp_path_factory.mktemp("golden")
+    with lzma.open(DATA / "smollm2-q4_1-gpl3-c128.kld.xz") as f, \
+            open(d / "smollm2-q4_1-gpl3-c128.kld", "wb") as out:
+        shutil.copyfileobj(f, out, 1 << 22)
+    for p in DATA.glob("llama-perplexity-*.txt"):
+        shutil.copy(p, d / p.name)
+    from quantkl.models import SAMPLE_TEXT
+    shutil.copy(SAMPLE_TEXT, d / "gpl3.txt")
+    return d
+
+
+@pytest.fixture(scope="session")
+def golden_logits(golden, smollm2, quants):
+    """The float32 logits, (126, 49152), of the base and of Q4_0 at the golden
+    dump's scored positions, as llama.cpp computes them on this CPU: decoded
+    by quantkl's runner as llama-perplexity decodes the chunks."""
+    from quantkl.dumpfile import LogitDump
+    from quantkl.runner import ModelRunner
+    out = {}
+    with LogitDump(golden / "smollm2-q4_1-gpl3-c128.kld") as d:
+        for name, model in (("base", smollm2), ("q4_0", quants["Q4_0"])):
+            rows = []
+            with ModelRunner(model, d.n_ctx) as runner:
+                for c in range(d.n_chunk):
+                    for lo, logits in runner.decode_chunks([d.chunk_tokens(c)]):
+                        rows.append(logits[0, :d.rows_per_chunk - lo].copy())
+            out[name] = np.concatenate(rows)
+    return out
+
+
+# Fixtures that need a llama.cpp build or a model run. A test that uses one,
+# directly or through another fixture, is in the slow tier; `pytest -m "not
+# slow"` runs the rest (kernels, statistics, files, reports, CLI on files).
+SLOW_FIXTURES = {"smollm2", "gemma3", "lp", "golden_logits"}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
 
 
 SUPPORTED_PATHS = [name for name, ok in quantkl.kernel_paths() if ok]

@@ -1,7 +1,7 @@
 """llama.cpp's own llama-perplexity, built once from the llama-cpp-python sdist
 of the installed version and cached, so quantkl is compared with llama.cpp on
 the CPU the tests run on (llama.cpp's logits differ between CPUs with and
-without AVX-512, so shared/golden alone cannot show bit-exactness here)."""
+without AVX-512, so tests/data alone cannot show bit-exactness here)."""
 import glob
 import os
 import subprocess

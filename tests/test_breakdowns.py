@@ -1,4 +1,4 @@
-"""Issue 12, the parts built: the base's top-1 probability and top-k set
+"""Beyond llama-perplexity's block: the base's top-1 probability and top-k set
 overlap from the kernels (held to reference.py in test_kernels), their
 statistics after llama-perplexity's block, mean KLD by the base's confidence
 and by token class, and statistics restricted to given token positions, on

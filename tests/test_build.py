@@ -6,12 +6,14 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 import quantkl
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
+@pytest.mark.slow
 def test_builds_and_scores_without_openmp(tmp_path):
     for item in ("setup.py", "pyproject.toml", "README.md", "csrc", "quantkl"):
         src = ROOT / item

@@ -1,4 +1,4 @@
-"""Fuzzing (issue 9): the dump reader on mutated files and the kernels on
+"""Fuzzing: the dump reader on mutated files and the kernels on
 arbitrary small arrays. Each input must give the reference's numbers or a
 clear ValueError, never a crash, another exception or a wrong number.
 

@@ -1,4 +1,4 @@
-"""quantkl against llama.cpp's own files and printouts (shared/golden)."""
+"""quantkl against llama.cpp's own files and printouts (tests/data)."""
 import re
 
 import numpy as np
@@ -25,8 +25,8 @@ def block_of(text: str) -> str:
     return text[start:end + 1]
 
 
-# Lines that print one token's KLD (SPEC §4): llama.cpp forms each term in
-# float32, ~1.4e-6 nats of noise per token, so they may differ by 3 units.
+# Lines that print one token's KLD (docs/statistics.md): llama.cpp forms each
+# term in float32, ~1.4e-6 nats of noise per token, so they may differ by 3 units.
 ONE_TOKEN_KLD = re.compile(r"^(Maximum|Minimum|Median|[ \d.]+%) +KLD:")
 
 
@@ -57,8 +57,8 @@ def test_dump_header(dump):
     assert dump.rows_per_chunk == 63 and dump.n_rows == 126
 
 
-def test_q4_0_block_matches_llama_perplexity(dump, golden, kernel_path):
-    q = np.load(golden / "q4_0-logits.npy")
+def test_q4_0_block_matches_llama_perplexity(dump, golden, golden_logits, kernel_path):
+    q = golden_logits["q4_0"]
     scorer = quantkl.Scorer(mode="llama")
     for ch in dump.chunks():
         r0 = ch.index * dump.rows_per_chunk
@@ -69,13 +69,13 @@ def test_q4_0_block_matches_llama_perplexity(dump, golden, kernel_path):
     table = [res.format_chunk_row(c) for c in (1, 2)]
     assert_same_printout("\n".join([quantkl.stats.CHUNK_HEADER] + table),
                          "\n".join(expected.splitlines()[:3]))
-    # The figures the golden README states were verified.
+    # The figures tests/data/README.md's files were checked against when made.
     assert f"{res.kld_mean:.6f}" == "0.667713"
     assert f"{100 * res.same_top:.3f}" == "60.317"
 
 
-def test_exact_mode_differs_from_llama_mode_only_slightly(dump, golden):
-    q = np.load(golden / "q4_0-logits.npy")
+def test_exact_mode_differs_from_llama_mode_only_slightly(dump, golden_logits):
+    q = golden_logits["q4_0"]
     tok = dump.scored_tokens()
     llama = quantkl.score(dump.all_rows(), q, tok, mode="llama")
     exact = quantkl.score(dump.all_rows(), q, tok, mode="exact")
@@ -83,26 +83,26 @@ def test_exact_mode_differs_from_llama_mode_only_slightly(dump, golden):
     assert exact.kld_mean == pytest.approx(llama.kld_mean, rel=5e-3)
 
 
-def test_encoder_reproduces_the_file(dump, golden, kernel_path):
-    base = np.load(golden / "base-q4_1-logits.npy")
+def test_encoder_reproduces_the_file(dump, golden, golden_logits, kernel_path):
+    base = golden_logits["base"]
     tok = dump.scored_tokens()
     rows, nll = quantkl.encode_llama_rows(base, tok)
     file_rows = np.asarray(dump.all_rows().rows)
     assert_llama_rows_close(rows.rows, file_rows)
-    # golden/README: 125 of 126 rows are byte for byte identical (one header
-    # rounds differently); never fewer.
+    # 125 of 126 rows are byte for byte identical (one header rounds
+    # differently); never fewer.
     assert np.sum(np.all(rows.rows == file_rows, axis=1)) >= 125
     ppl = np.exp(np.mean(nll.astype(np.float32).astype(np.float64)))
     line = (golden / "llama-perplexity-base.txt").read_text()
     assert f"PPL = {ppl:.4f}" in line
 
 
-def test_self_score_is_the_format_floor(dump, golden):
+def test_self_score_is_the_format_floor(dump, golden, golden_logits):
     """The base's own logits against its file: llama-perplexity-kld-self.txt."""
-    base = np.load(golden / "base-q4_1-logits.npy")
+    base = golden_logits["base"]
     res = quantkl.score(dump.all_rows(), base, dump.scored_tokens())
     expected = (golden / "llama-perplexity-kld-self.txt").read_text()
-    # llama.cpp's own base run and this file's logits (from llama-cpp-python)
+    # llama.cpp's own base run and these logits (from llama-cpp-python)
     # differ by float noise, so only the statistics that noise cannot move are
     # compared to the digit: the KLD floor and agreement.
     assert abs(res.kld_mean) < 5e-6

@@ -1,5 +1,5 @@
-"""Bad input that once gave wrong numbers, crashes, hangs or leftover files
-(issue 9): each now ends in a clear error, the right exit status, or the
+"""Bad input that once gave wrong numbers, crashes, hangs or leftover files:
+each now ends in a clear error, the right exit status, or the
 right (infinite) number."""
 import errno
 import json

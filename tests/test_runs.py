@@ -1,4 +1,4 @@
-"""Real-model runs (issue 10): model options, many quants in one command,
+"""Real-model runs: model options, many quants in one command,
 shards and their exact merge, stopping at a target uncertainty, chat and
 multi-file input. SmolLM2 throughout, one run on Gemma 3."""
 import json

@@ -1,4 +1,4 @@
-"""Task accuracy (issue 11): HellaSwag, Winogrande and multiple choice against
+"""Task accuracy: HellaSwag, Winogrande and multiple choice against
 llama-perplexity's printout on the task files quantkl ships (SmolLM2 and a
 quant), llama.cpp's task orders, bad files, the paired McNemar test, and task
 records in report and plot."""
