@@ -1,7 +1,7 @@
 """What the optional divergences cost: each pair's rate with the reverse KL
 or the Jensen-Shannon divergence asked for, beside its plain rate measured
 in the same run ("ref" is the plain rate, "x ref" the fraction kept).
-Issue 12 keeps a divergence off by default when it costs more than 25 %."""
+A divergence stays off by default when it costs more than 25 %."""
 import numpy as np
 import pytest
 

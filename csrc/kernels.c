@@ -1983,7 +1983,7 @@ void QK_NAME(qk_score_llama_llama)(const uint16_t *p_row, const uint16_t *q_row,
 
 /* --- the encoder ------------------------------------------------------------- */
 
-/* float32 logits -> llama.cpp uint16 row (SPEC §2), byte for byte what
+/* float32 logits -> llama.cpp uint16 row (docs/formats.md), byte for byte what
  * llama-perplexity --kl-divergence-base writes: llama.cpp's float32
  * arithmetic in its order, the codes rounded half to even, and each expf
  * term the correctly rounded float32 (vd_exp_n, rounded) summed in float64. */

@@ -1,4 +1,4 @@
-/* llama.cpp's own per-row loops, written here from SPEC §2 and §3 as the
+/* llama.cpp's own per-row loops, written here from llama.cpp's definitions (docs/formats.md) as the
  * yardstick of the benchmarks (quantkl bench times them beside the kernels,
  * so that the "x llama.cpp" ratio is measured on every user's machine).
  * Scalar, one expf per entry, float32 terms summed in double, as

@@ -85,7 +85,7 @@ void qk_score_logits_logits(const void *p, int p_dtype, ptrdiff_t p_stride, cons
                             int q_dtype, ptrdiff_t q_stride, int64_t n_vocab, int64_t tok,
                             int mode, qk_row *out);
 
-/* P and Q: llama uint16 rows. Q's code 0 is its clipped tail (SPEC §5). */
+/* P and Q: llama uint16 rows. Q's code 0 is its clipped tail (docs/statistics.md). */
 void qk_score_llama_llama(const uint16_t *p_row, const uint16_t *q_row, int64_t n_vocab,
                           int64_t tok, int mode, qk_row *out);
 

@@ -24,7 +24,7 @@ def llama_row_width(n_vocab: int) -> int:
 
 
 class LlamaRows:
-    """llama.cpp log-probability rows (SPEC §2): uint16 array (rows, width) and n_vocab.
+    """llama.cpp log-probability rows (docs/formats.md): uint16 array (rows, width) and n_vocab.
 
     Row ``r`` decodes as ``log p = scale * code + min_log_prob`` (natural log,
     nats), with ``scale, min_log_prob`` the two float32 in the row's first four

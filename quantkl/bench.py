@@ -3,7 +3,7 @@
 Shared by `quantkl bench` and benchmarks/ (pytest-benchmark). Rates are
 vocabulary entries scored per second (rows x vocab / seconds). Each kernel is
 timed beside a plain float32 numpy implementation on the same arrays, and
-beside llama.cpp's own per-row loop (csrc/llama_loop.c, written from SPEC §3:
+beside llama.cpp's own per-row loop (csrc/llama_loop.c, written from llama.cpp's definition:
 expf per entry, float32 terms, double sums) on the same rows: the KL loop for
 the scoring kernels (what llama-perplexity --kl-divergence does per entry, on
 the u16 x f32 pair it supports), the encoder loop for the encoder. A loop of

@@ -1,4 +1,4 @@
-"""llama.cpp `_logits_` files (SPEC §2): a memory-mapped reader and a streaming writer.
+"""llama.cpp `_logits_` files (docs/formats.md): a memory-mapped reader and a streaming writer.
 
 The reader checks everything it can before any row is touched (magic, header,
 exact file length, token ids) and reports in plain words what is wrong. Chunks

@@ -1,4 +1,4 @@
-"""The evaluation protocol of SPEC §1 on a real model: write a base dump, score a model against one.
+"""llama-perplexity's evaluation protocol (docs/formats.md) on a real model: write a base dump, score a model against one.
 
 Each decode's logits stream from llama.cpp's output buffer straight into the
 kernels (scoring) and the encoder and file writer (dumping), and the buffer

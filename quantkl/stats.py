@@ -1,4 +1,4 @@
-"""The statistics `llama-perplexity --kl-divergence` prints (SPEC §4), from per-token arrays.
+"""The statistics `llama-perplexity --kl-divergence` prints (docs/statistics.md), from per-token arrays.
 
 A :class:`KLDResult` keeps every scored token's KLD, both NLLs, Δp and the rank
 of the base's top token in the other model, so percentiles, worst tokens and
@@ -271,7 +271,7 @@ class KLDResult:
 
     # --- public statistics ---------------------------------------------------
     def statistics(self) -> Dict[str, float]:
-        """Every statistic of SPEC §4, by name (nats, probabilities, perplexities)."""
+        """Every statistic of llama-perplexity's block and quantkl's, by name (nats, probabilities, perplexities)."""
         if self._stats is None:
             self._stats = self._statistics()
         return dict(self._stats)

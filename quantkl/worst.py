@@ -1,4 +1,4 @@
-"""The tokens a quant damages most: an average KLD hides them (shared seed 002).
+"""The tokens a quant damages most: an average KLD hides them.
 
 For each quant: the mean KLD of its worst P % of tokens, and its N worst tokens
 with the text before them, the actual next token, and what each model
