@@ -35,14 +35,6 @@ class Stopped(BaseException):
         self.signum = signum
 
 
-def check_new_file(path: str, force: bool) -> None:
-    """Before a long run: the output can be written, and is not there unless
-    --force."""
-    check_output_path(path)
-    if os.path.exists(path) and not force:
-        raise ValueError(f"{path} exists; pass --force to overwrite it")
-
-
 class Progress:
     """A tqdm bar on stderr, silent when quiet or when stderr is not a terminal."""
 
@@ -91,7 +83,7 @@ def cmd_dump(args) -> int:
     model = args.model or default_model()
     text = EvalText(args.text or [str(SAMPLE_TEXT)], args.separator.encode().decode(
         "unicode_escape"))
-    check_new_file(args.output, args.force)
+    check_output_path(args.output, args.force)
     progress = Progress(args.quiet, "dump")
     try:
         ppl = dump_base(model, text, args.output, n_ctx=args.ctx, chunks=args.chunks,
@@ -223,7 +215,7 @@ def cmd_score(args) -> int:
         raise ValueError(f"two models are named {dup.pop()}: their records would collide in "
                          f"--json-dir")
     if args.save:
-        check_new_file(args.save, args.force)
+        check_output_path(args.save, args.force)
     if args.json:
         check_record_path(args.json, args.force)
     if args.json_dir:
@@ -314,7 +306,7 @@ def cmd_info(args) -> int:
 def cmd_quantize(args) -> int:
     from .models import default_model, quantize
     model = args.model or default_model()
-    check_new_file(args.output, args.force)
+    check_output_path(args.output, args.force)
     quantize(model, args.output, args.type, threads=args.threads or 0, verbose=args.debug)
     say(args, f"wrote {args.output} ({args.type.upper()} of {os.path.basename(model)}, "
               f"{os.path.getsize(args.output):,} bytes)")

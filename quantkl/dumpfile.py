@@ -40,9 +40,10 @@ def regular_file_size(path: str, what: str = "file") -> int:
     return st.st_size
 
 
-def check_output_path(path: str) -> None:
+def check_output_path(path: str, force: bool = True) -> None:
     """A clear error now, not after a long run, when ``path`` cannot be
-    written: a directory is there, or its folder does not exist."""
+    written: a directory is there, its folder does not exist, or (unless
+    ``force``) a file is there already."""
     if os.path.isdir(path):
         raise ValueError(f"{path}: is a directory; give a file name to write")
     folder = os.path.dirname(os.path.abspath(path))
@@ -50,6 +51,8 @@ def check_output_path(path: str) -> None:
         raise ValueError(f"{path}: folder {folder} does not exist")
     if not os.access(folder, os.W_OK):
         raise ValueError(f"{path}: folder {folder} is not writable")
+    if not force and os.path.exists(path):
+        raise ValueError(f"{path} exists; pass --force to overwrite it")
 
 
 def scored_rows_per_chunk(n_ctx: int) -> int:

@@ -34,8 +34,7 @@ def quantize(model: str, out: str, qtype: str, threads: int = 0, verbose: bool =
     """Write a llama.cpp quant of ``model`` (requantizing allowed) and return its path."""
     check_gguf(model)
     lc = _llama()
-    if not verbose:
-        _silence_llama_logs(lc)
+    _silence_llama_logs(lc, verbose)
     name = qtype.upper()
     ftype = getattr(lc, f"LLAMA_FTYPE_MOSTLY_{name}", None)
     if name not in QUANT_TYPES or ftype is None:

@@ -58,13 +58,11 @@ def check_record_path(path: str, force: bool = False) -> None:
     a directory, one whose sidecar would be the record itself (X.npz), or an
     existing record without ``force``."""
     from .dumpfile import check_output_path
-    check_output_path(path)
     if sidecar_path(path) == path:
         raise ValueError(f"{path}: a record is JSON, its per-token arrays go to a .npz beside it; "
                          f"name the record OUT.json")
     check_output_path(sidecar_path(path))
-    if os.path.exists(path) and not force:
-        raise ValueError(f"{path} exists; pass --force to overwrite it")
+    check_output_path(path, force)
 
 
 def build_record(result: KLDResult, meta: Dict[str, Any], sidecar: str) -> Dict[str, Any]:
@@ -157,19 +155,43 @@ def check_schema(path: str, record: Any) -> None:
             raise ValueError(f"{path}: field '{key}' is not an object")
 
 
-def read_record(path: str) -> Dict[str, Any]:
-    """A record as a dict; raises ValueError naming what is wrong."""
+def read_json_record(path: str, what: str = "quantkl JSON record") -> Any:
+    """A record file's JSON (a KLD or a task record); ValueError naming the
+    file and what is wrong with it."""
     from .dumpfile import regular_file_size
     regular_file_size(path, "record")
     try:
         with open(path) as f:
-            record = json.load(f)
+            return json.load(f)
     except OSError as e:
         raise ValueError(f"{path}: cannot read record: {e.strerror}") from None
     except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not a quantkl JSON record ({e.msg} at line {e.lineno})") from None
+        raise ValueError(f"{path}: not a {what} ({e.msg} at line {e.lineno})") from None
     except UnicodeDecodeError:
-        raise ValueError(f"{path}: not a quantkl JSON record (binary data)") from None
+        raise ValueError(f"{path}: not a {what} (binary data)") from None
+
+
+def read_sidecar(path: str, record: Dict[str, Any], field: str, what: str,
+                 names: Sequence[str], optional: Sequence[str] = ()) -> Dict[str, np.ndarray]:
+    """The arrays ``names`` (and those of ``optional`` it holds) of the .npz
+    that ``record[field]`` names beside the record at ``path``; ``what`` names
+    that file in errors."""
+    sidecar = os.path.join(os.path.dirname(os.path.abspath(path)),
+                           os.path.basename(record[field]))
+    try:
+        with np.load(sidecar) as z:
+            arrays = {k: z[k] for k in names}
+            arrays.update({k: z[k] for k in optional if k in z.files})
+    except OSError:
+        raise ValueError(f"{path}: its {what} {sidecar} is missing") from None
+    except (KeyError, ValueError, zipfile.BadZipFile) as e:
+        raise ValueError(f"{path}: its {what} {sidecar} is damaged ({e})") from None
+    return arrays
+
+
+def read_record(path: str) -> Dict[str, Any]:
+    """A record as a dict; raises ValueError naming what is wrong."""
+    record = read_json_record(path)
     check_schema(path, record)
     return record
 
@@ -177,17 +199,11 @@ def read_record(path: str) -> Dict[str, Any]:
 def load_result(path: str, record: Optional[Dict[str, Any]] = None) -> KLDResult:
     """The full per-token result behind a record, from its sidecar."""
     record = record or read_record(path)
-    sidecar = os.path.join(os.path.dirname(os.path.abspath(path)),
-                           os.path.basename(record["per_token_file"]))
-    try:
-        with np.load(sidecar) as z:
-            arrays = {k: z[k] for k in ("kld", "nll", "nll_base", "rank", "chunk_ends",
-                                        "top_base", "top_other")}
-            extra = {k: z[k] for k in OPTIONAL_ARRAYS if k in z.files}
-    except OSError:
-        raise ValueError(f"{path}: its per-token file {sidecar} is missing") from None
-    except (KeyError, ValueError, zipfile.BadZipFile) as e:
-        raise ValueError(f"{path}: its per-token file {sidecar} is damaged ({e})") from None
+    arrays = read_sidecar(path, record, "per_token_file", "per-token file",
+                          ("kld", "nll", "nll_base", "rank", "chunk_ends", "top_base",
+                           "top_other"), OPTIONAL_ARRAYS)
+    extra = {k: arrays.pop(k) for k in OPTIONAL_ARRAYS if k in arrays}
+    sidecar = record["per_token_file"]
     n = record["count"]
     for name, a in extra.items():
         if len(a) != n or a.ndim != (2 if name == "overlap" else 1):

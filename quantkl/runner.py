@@ -217,20 +217,31 @@ def check_gguf(path: str) -> None:
         raise ModelError(f"{path}: not a GGUF model file (starts with {magic!r})")
 
 
+def load_model(path: str, verbose: bool, vocab_only: bool = False, gpu_layers: int = 0):
+    """llama-cpp-python's module and the llama.cpp model of the GGUF file
+    ``path``; ModelError when it is not one or llama.cpp cannot load it."""
+    check_gguf(path)
+    lc = _llama()
+    _silence_llama_logs(lc, verbose)
+    lc.llama_backend_init()
+    params = lc.llama_model_default_params()
+    params.vocab_only = vocab_only
+    params.n_gpu_layers = gpu_layers
+    del _KEPT_LINES[:]
+    model = lc.llama_model_load_from_file(path.encode(), params)
+    if not model:
+        what = "read this model's vocabulary" if vocab_only else "load this model"
+        raise ModelError(f"{path}: llama.cpp could not {what}")
+    return lc, model
+
+
 class Vocabulary:
     """A GGUF model's vocabulary alone (no weights loaded), to turn token ids into text."""
 
     def __init__(self, model_path: str | os.PathLike, verbose: bool = False):
         self.path = os.fspath(model_path)
-        check_gguf(self.path)
-        lc = self._lc = _llama()
-        _silence_llama_logs(lc, verbose)
-        lc.llama_backend_init()
-        params = lc.llama_model_default_params()
-        params.vocab_only = True
-        self._model = lc.llama_model_load_from_file(self.path.encode(), params)
-        if not self._model:
-            raise ModelError(f"{self.path}: llama.cpp could not read this model's vocabulary")
+        lc, self._model = load_model(self.path, verbose, vocab_only=True)
+        self._lc = lc
         self._vocab = lc.llama_model_get_vocab(self._model)
         self.n_vocab = lc.llama_vocab_n_tokens(self._vocab)
 
@@ -268,21 +279,13 @@ class ModelRunner:
                  options: Optional[ModelOptions] = None, verbose: bool = False,
                  kv_unified: bool = False):
         self.path = os.fspath(model_path)
-        check_gguf(self.path)
+        self._model = self._ctx = self._batch = None
         options = (options or ModelOptions()).check()
         if n_ctx < 3:
             raise ModelError(f"context must be at least 3 tokens, got {n_ctx}")
-        lc = self._lc = _llama()
-        _silence_llama_logs(lc, verbose)
-        lc.llama_backend_init()
+        lc, self._model = load_model(self.path, verbose, gpu_layers=options.gpu_layers)
+        self._lc = lc
         self.gpu_unavailable = _warn_no_gpu(lc, options.gpu_layers)
-        mp = lc.llama_model_default_params()
-        mp.n_gpu_layers = options.gpu_layers
-        del _KEPT_LINES[:]
-        self._model = lc.llama_model_load_from_file(self.path.encode(), mp)
-        if not self._model:
-            raise ModelError(f"{self.path}: llama.cpp could not load this model")
-        self._ctx = self._batch = None
         self.n_layer = int(lc.llama_model_n_layer(self._model))
         self.offloaded = self._offloaded_layers(options.gpu_layers)
         self.n_ctx_train = lc.llama_model_n_ctx_train(self._model)

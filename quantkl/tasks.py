@@ -36,7 +36,6 @@ from typing import Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .dumpfile import regular_file_size
 from .runner import ModelOptions, ModelRunner
 from .scoring import score_rows
 from .taskfiles import HellaswagTask, MultipleChoiceTask, WinograndeTask
@@ -525,27 +524,20 @@ def write_task_record(path: str, result: TaskResult, meta: dict, force: bool = F
 def is_task_record(path: str) -> bool:
     """Whether path holds a task record (anything else, a FIFO included, is
     left to the KLD reader to refuse)."""
-    import json
+    from .records import read_json_record
     if not os.path.isfile(path):
         return False
     try:
-        with open(path) as f:
-            rec = json.load(f)
-    except (OSError, ValueError):
+        rec = read_json_record(path)
+    except ValueError:
         return False
     return isinstance(rec, dict) and rec.get("kind") == "tasks"
 
 
 def read_task_record(path: str) -> Tuple[dict, TaskResult]:
     """A task record and its per-task outcomes; ValueError naming what is wrong."""
-    import json
-    import zipfile
-    regular_file_size(path, "record")
-    try:
-        with open(path) as f:
-            rec = json.load(f)
-    except (OSError, ValueError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path}: not a quantkl task record ({e})") from None
+    from .records import read_json_record, read_sidecar
+    rec = read_json_record(path, "quantkl task record")
     if not isinstance(rec, dict) or rec.get("kind") != "tasks":
         raise ValueError(f"{path}: not a quantkl task record")
     if rec.get("task") not in TASK_NAMES:
@@ -553,15 +545,9 @@ def read_task_record(path: str) -> Tuple[dict, TaskResult]:
     for key, kind in (("task", str), ("count", int), ("per_task_file", str)):
         if not isinstance(rec.get(key), kind):
             raise ValueError(f"{path}: field '{key}' is missing or not {kind.__name__}")
-    sidecar = os.path.join(os.path.dirname(os.path.abspath(path)),
-                           os.path.basename(rec["per_task_file"]))
-    try:
-        with np.load(sidecar) as z:
-            arr = {k: z[k] for k in ("number", "gold", "choice", "n_choices", "scores")}
-    except OSError:
-        raise ValueError(f"{path}: its per-task file {sidecar} is missing") from None
-    except (KeyError, ValueError, zipfile.BadZipFile) as e:
-        raise ValueError(f"{path}: its per-task file {sidecar} is damaged ({e})") from None
+    arr = read_sidecar(path, rec, "per_task_file", "per-task file",
+                       ("number", "gold", "choice", "n_choices", "scores"))
+    sidecar = rec["per_task_file"]
     if len(arr["number"]) != rec["count"]:
         raise ValueError(f"{path}: {sidecar} holds {len(arr['number'])} tasks, the record "
                          f"counts {rec['count']}")
