@@ -11,6 +11,14 @@ from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint64_t
 from libc.string cimport memcpy
 
 cdef extern from "quantkl.h" nogil:
+    enum: QK_TOPK_MAX
+    enum qk_dtype:
+        QK_F32, QK_F16, QK_BF16
+    enum qk_mode:
+        QK_LLAMA, QK_EXACT
+    enum qk_status:
+        QK_P_NONFINITE, QK_Q_NONFINITE, QK_P_EMPTY, QK_Q_EMPTY, QK_P_BAD_HEADER,
+        QK_Q_BAD_HEADER, QK_P_CORRUPT, QK_Q_CORRUPT, QK_READ_FAULT
     ctypedef struct qk_row:
         double kld
         double nll_p
@@ -21,10 +29,9 @@ cdef extern from "quantkl.h" nogil:
         int32_t rank
         int32_t status
         double p_top
-        uint8_t overlap[10]
+        uint8_t overlap[QK_TOPK_MAX]
         double rkl
         double js
-    int QK_TOPK_MAX
     int QK_REVERSE
     int QK_JS
     void qk_score_llama_logits(const uint16_t *p_row, const void *q, int q_dtype,
@@ -55,9 +62,17 @@ cdef extern from "dispatch.h" nogil:
     int qk_select_path(int i)
     const char *qk_current_path()
 
+# The C<->Python contract (csrc/quantkl.h), defined there once: Python reads
+# these names, never the numbers.
 TOPK_MAX = QK_TOPK_MAX
 REVERSE = QK_REVERSE
 JS = QK_JS
+DTYPES = {"float32": QK_F32, "float16": QK_F16, "bfloat16": QK_BF16}
+MODES = {"llama": QK_LLAMA, "exact": QK_EXACT}
+STATUS = {"P_NONFINITE": QK_P_NONFINITE, "Q_NONFINITE": QK_Q_NONFINITE,
+          "P_EMPTY": QK_P_EMPTY, "Q_EMPTY": QK_Q_EMPTY, "P_BAD_HEADER": QK_P_BAD_HEADER,
+          "Q_BAD_HEADER": QK_Q_BAD_HEADER, "P_CORRUPT": QK_P_CORRUPT,
+          "Q_CORRUPT": QK_Q_CORRUPT, "READ_FAULT": QK_READ_FAULT}
 
 # A dump truncated by another process while it is read ends the row with a
 # status (QK_READ_FAULT) instead of killing the process with SIGBUS: each

@@ -12,10 +12,7 @@ from typing import Tuple
 
 import numpy as np
 
-# Matches enum qk_dtype in csrc/quantkl.h.
-DTYPE_CODES = {"float32": 0, "float16": 1, "bfloat16": 2}
-
-TOPK_MAX = 10
+from ._kernels import DTYPES as DTYPE_CODES, TOPK_MAX
 
 
 def llama_row_width(n_vocab: int) -> int:

@@ -20,7 +20,7 @@ from .dumpfile import LogitDump, LogitDumpWriter, scored_rows_per_chunk
 from .encoding import encode_llama_rows
 from .inputs import EvalText
 from .runner import ModelError, ModelOptions, ModelRunner
-from .scoring import RowError, Scorer
+from .scoring import READ_FAULT, RowError, Scorer
 from .stats import KLDResult, RunningTotals, _exp
 
 # Called after each chunk with (chunk number from 1, chunks in all).
@@ -196,7 +196,7 @@ def score_piece(scorer: Scorer, dumps, base, other, tokens, first_row: int,
     try:
         return scorer.score_block(base, other, tokens, first_row=first_row, chunk=chunk)
     except RowError as e:
-        if e.status & 256:
+        if e.status & READ_FAULT:
             for d in dumps:
                 d.check_unchanged()
         raise

@@ -23,19 +23,19 @@ _HEADER = "has a corrupt header (scale/min_log_prob not finite, scale < 0 or min
 
 # Bits of qk_row.status (csrc/quantkl.h), most telling first.
 _STATUS_MESSAGES = (
-    (256, "{row} could not be read: a memory-mapped file was truncated or changed while "
-          "quantkl read it"),
-    (16, f"base llama {{row}} {_HEADER}"),
-    (32, f"other llama {{row}} {_HEADER}"),
-    (64, f"base llama {{row}} {_CORRUPT}"),
-    (128, f"other llama {{row}} {_CORRUPT}"),
-    (1, "base logits {row} contains NaN or +inf"),
-    (2, "other logits {row} contains NaN or +inf"),
-    (4, "base logits {row} has no finite logit (all -inf)"),
-    (8, "other logits {row} has no finite logit (all -inf)"),
+    ("READ_FAULT", "{row} could not be read: a memory-mapped file was truncated or changed "
+                   "while quantkl read it"),
+    ("P_BAD_HEADER", f"base llama {{row}} {_HEADER}"),
+    ("Q_BAD_HEADER", f"other llama {{row}} {_HEADER}"),
+    ("P_CORRUPT", f"base llama {{row}} {_CORRUPT}"),
+    ("Q_CORRUPT", f"other llama {{row}} {_CORRUPT}"),
+    ("P_NONFINITE", "base logits {row} contains NaN or +inf"),
+    ("Q_NONFINITE", "other logits {row} contains NaN or +inf"),
+    ("P_EMPTY", "base logits {row} has no finite logit (all -inf)"),
+    ("Q_EMPTY", "other logits {row} has no finite logit (all -inf)"),
 )
-
-_MODE_CODES = {"llama": 0, "exact": 1}
+READ_FAULT = _kernels.STATUS["READ_FAULT"]
+_MODE_CODES = _kernels.MODES
 
 
 class RowError(ValueError):
@@ -61,8 +61,8 @@ def raise_for_status(status: np.ndarray, first_row: int = 0, chunk: Optional[int
     where = f"row {first_row + row}"
     if chunk is not None:
         where += f" (chunk {chunk}, row {row} of the chunk)"
-    for bit, msg in _STATUS_MESSAGES:
-        if bits & bit:
+    for name, msg in _STATUS_MESSAGES:
+        if bits & _kernels.STATUS[name]:
             more = f" ({bad.size} bad rows in this block)" if bad.size > 1 else ""
             raise RowError(msg.format(row=where) + more, first_row + row, bits)
     raise RuntimeError(f"kernel reported unknown status {bits} for {where}")
@@ -143,7 +143,8 @@ def check_llama_rows(rows: LlamaRows, threads: Optional[int] = None) -> np.ndarr
     out = _kernels.score_llama_llama(rows.rows, rows.rows, np.zeros(n_rows, np.int64), n_vocab,
                                      _MODE_CODES["llama"],
                                      threads_for(thread_count(threads), n_rows, n_vocab))
-    return out.status & ~np.int32(32 | 128)  # the "other" side is the same row
+    other_side = _kernels.STATUS["Q_BAD_HEADER"] | _kernels.STATUS["Q_CORRUPT"]
+    return out.status & ~np.int32(other_side)  # the "other" side is the same row
 
 
 class Scorer:
