@@ -1,12 +1,17 @@
 """Build of the quantkl extension: Cython over the C kernels in csrc/.
 
-csrc/kernels.c is compiled once per instruction set: as a portable baseline,
-and again for AVX2+FMA and for AVX-512 on x86-64 compilers that accept those
+Each kernel family (csrc/llama_logits.c, logits_logits.c, llama_llama.c,
+encode.c) is compiled once per instruction set: as a portable baseline, and
+again for AVX2+FMA and for AVX-512 on x86-64 compilers that accept those
 flags, each copy into its own object directory with QK_ISA_<SET> defined;
 dispatch.c learns which copies exist from QK_HAVE_<SET> and picks one at run
-time from what the CPU reports. The copies are compiled side by side, one
-per core (each takes minutes: kernels.c holds a copy of each kernel per
-dtype and mode); QUANTKL_BUILD_JOBS caps how many at once.
+time from what the CPU reports. On x86-64 the portable copy runs only on CPUs
+without AVX2, so it is built with QK_FEW_COPIES (one copy per mode, not per
+flag and dtype combination) and -O2. The (family, instruction set)
+objects are compiled side by side, one per core, the longest first;
+QUANTKL_BUILD_JOBS caps how many at once, and QUANTKL_KERNEL_PATHS=portable
+(or avx2, avx512, comma-separated) builds only those copies, for a quick
+developer build.
 
 OpenMP is used when the compiler accepts -fopenmp and left out otherwise (the
 row loops then run on one thread). Nothing is built with fast-math or with FP
@@ -25,8 +30,14 @@ from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
 BASE_FLAGS = ["-O3", "-std=c11", "-ffp-contract=off", "-fno-math-errno"]
-KERNELS = "csrc/kernels.c"
+# No debug information for the kernel objects: for their inlined copies it is
+# most of the wheel (15 MB of 15) and a third of their compile time.
+KERNEL_FLAGS = ["-g0"]
+# Longest compile first, so that the last object to finish is a short one.
+KERNEL_FAMILIES = ["csrc/logits_logits.c", "csrc/llama_logits.c", "csrc/llama_llama.c",
+                   "csrc/encode.c"]
 HEADERS = ["csrc/quantkl.h", "csrc/dispatch.h", "csrc/rowstate.h", "csrc/simd.h",
+           "csrc/kernel_math.h", "csrc/kernel_parts.h", "csrc/kernel_copies.h",
            "csrc/llama_loop.h", "csrc/read_loop.h", "csrc/guard.h"]
 
 # Instruction sets with a copy of the kernels of their own, and a line only
@@ -74,27 +85,47 @@ class BuildExt(build_ext):
         for ext in self.extensions:
             ext.extra_compile_args = BASE_FLAGS + (["-fopenmp"] if omp else [])
             ext.extra_link_args = ["-fopenmp"] if omp else []
-            copies = []  # widest first: the longest compiles start first
-            for isa, (flags, probe) in reversed(ISAS.items()):
-                if not (is_x86() and compiles(self.compiler,
-                                              "#include <immintrin.h>\n" + probe + "\n", flags)):
+            wanted = os.environ.get("QUANTKL_KERNEL_PATHS", "")
+            wanted = {w.strip() for w in wanted.split(",") if w.strip()} or None
+            targetable = []
+            for isa, (flags, probe) in ISAS.items():
+                if is_x86() and compiles(self.compiler, "#include <immintrin.h>\n" + probe + "\n",
+                                         flags):
+                    targetable.append(isa)
+                else:
                     print(f"quantkl: this compiler cannot target {isa}; that kernel path is left "
                           f"out", file=sys.stderr)
-                    continue
-                copies.append((isa, [(f"QK_ISA_{isa.upper()}", "1")], flags))
-                ext.define_macros.append((f"QK_HAVE_{isa.upper()}", "1"))
-            copies.append(("portable", [], []))
+            copies = []  # widest first: the longest compiles start first
+            for isa in reversed(targetable):
+                if wanted is None or isa in wanted:
+                    copies.append((isa, [(f"QK_ISA_{isa.upper()}", "1")], ISAS[isa][0]))
+                    ext.define_macros.append((f"QK_HAVE_{isa.upper()}", "1"))
+            # Where AVX2 can be targeted, only CPUs without it (and the tests) run the
+            # portable copy: one copy per mode, at -O2, a third of its compile time.
+            if "avx2" in targetable:
+                copies.append(("portable", [("QK_FEW_COPIES", "1")], ["-O2"]))
+            else:
+                copies.append(("portable", [], []))
 
-            def compile_copy(copy):
-                name, macros, flags = copy
+            def compile_object(job):
+                (name, macros, flags), source = job
+                if name == "extension":  # the Cython module and its C helpers
+                    return self.compiler.compile(
+                        [source], output_dir=self.build_temp, macros=ext.define_macros,
+                        include_dirs=ext.include_dirs, extra_postargs=ext.extra_compile_args,
+                        depends=ext.depends)
                 return self.compiler.compile(
-                    [KERNELS], output_dir=os.path.join(self.build_temp, name), macros=macros,
-                    include_dirs=["csrc"], extra_postargs=BASE_FLAGS + flags,
+                    [source], output_dir=os.path.join(self.build_temp, name), macros=macros,
+                    include_dirs=["csrc"], extra_postargs=BASE_FLAGS + KERNEL_FLAGS + flags,
                     depends=HEADERS)
 
-            jobs = int(os.environ.get("QUANTKL_BUILD_JOBS", "0")) or os.cpu_count() or 1
-            with ThreadPoolExecutor(max_workers=max(1, min(jobs, len(copies)))) as pool:
-                ext.extra_objects = [o for objs in pool.map(compile_copy, copies) for o in objs]
+            # every object in one pool, so that no core waits while the last compiles
+            jobs = [(copy, family) for copy in copies for family in KERNEL_FAMILIES]
+            jobs[1:1] = [(("extension", [], []), source) for source in ext.sources]
+            ext.sources = []
+            workers = int(os.environ.get("QUANTKL_BUILD_JOBS", "0")) or os.cpu_count() or 1
+            with ThreadPoolExecutor(max_workers=max(1, min(workers, len(jobs)))) as pool:
+                ext.extra_objects = [o for objs in pool.map(compile_object, jobs) for o in objs]
         super().build_extensions()
 
 
@@ -104,7 +135,7 @@ extensions = [
         sources=["quantkl/_kernels.pyx", "csrc/dispatch.c", "csrc/guard.c", "csrc/llama_loop.c",
                  "csrc/read_loop.c"],
         include_dirs=["csrc"],
-        depends=HEADERS + [KERNELS],
+        depends=HEADERS + KERNEL_FAMILIES,
     )
 ]
 

@@ -1,5 +1,5 @@
 /* Run-time choice of the kernel path. One build runs on every x86-64 (and
- * elsewhere): each copy of kernels.c is compiled for its own instruction set
+ * elsewhere): each kernel family is compiled once per instruction set
  * (setup.py defines QK_HAVE_<ISA> for the copies it could build) and only
  * called when the CPU reports that set. The choice is process-wide and made
  * once; Python calls qk_select_path at import to honour QUANTKL_KERNEL. */

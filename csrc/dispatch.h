@@ -1,11 +1,11 @@
-/* The compiled copies of kernels.c (one per instruction set) and the
+/* The compiled copies of the kernel families (one per instruction set) and the
  * process-wide choice among them. */
 #ifndef QUANTKL_DISPATCH_H
 #define QUANTKL_DISPATCH_H
 
 #include "quantkl.h"
 
-/* Declares the entry points of the copy of kernels.c built for one ISA. */
+/* Declares the entry points of the kernels built for one ISA. */
 #define QK_DECLARE_PATH(isa)                                                                   \
     void qk_score_llama_logits_##isa(const uint16_t *, const void *, int, ptrdiff_t, int64_t,  \
                                      int64_t, int, qk_row *);                                  \

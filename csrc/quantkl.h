@@ -11,7 +11,8 @@
  *  - arithmetic is float32 SIMD with every term widened and summed in
  *    float64; each row's KLD is within 1e-7 + 1e-6*KLD nats of
  *    quantkl/reference.py, the float64 twin of every function here;
- *  - kernels.c is written once and compiled for AVX-512, AVX2+FMA and a
+ *  - each kernel family (llama_logits.c, logits_logits.c, llama_llama.c,
+ *    encode.c) is written once and compiled for AVX-512, AVX2+FMA and a
  *    portable baseline; dispatch.c picks the best the CPU runs;
  *  - bad data (NaN, +inf, a row with no finite logit, a corrupt row header)
  *    never aborts: it is reported in qk_row.status for Python to raise on.

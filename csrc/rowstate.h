@@ -1,7 +1,7 @@
 /* Scalar pieces every kernel shares: reading one element or a row header,
  * llama.cpp's decoding of a dump's code, the top-k list and the clipped-tail
  * model of code 0. Everything here runs once per row or on rare elements;
- * the per-entry work is in kernels.c. */
+ * the per-entry work is in the kernel families (kernel_parts.h and beside). */
 #ifndef QUANTKL_ROWSTATE_H
 #define QUANTKL_ROWSTATE_H
 

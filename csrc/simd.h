@@ -1,5 +1,5 @@
 /* The few vector operations the kernels need, for the one instruction set
- * kernels.c is being compiled for: QK_ISA_AVX512 (AVX-512 F/BW/DQ/VL),
+ * a kernel family is being compiled for: QK_ISA_AVX512 (AVX-512 F/BW/DQ/VL),
  * QK_ISA_AVX2 (AVX2+FMA+F16C) or neither (portable: GCC/Clang vector
  * extensions of 16 bytes, which become SSE2 on x86-64 and NEON on Arm).
  *

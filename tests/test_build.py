@@ -1,4 +1,5 @@
-"""The extension builds without OpenMP too (rows then run on one thread)."""
+"""The extension builds without OpenMP too (rows then run on one thread), and
+QUANTKL_KERNEL_PATHS narrows which kernel copies are built."""
 import os
 import shutil
 import subprocess
@@ -20,7 +21,8 @@ def test_builds_and_scores_without_openmp(tmp_path):
         (shutil.copytree if src.is_dir() else shutil.copy)(src, tmp_path / item)
     for so in (tmp_path / "quantkl").glob("_kernels*.so"):
         so.unlink()
-    env = {**os.environ, "QUANTKL_OPENMP": "0"}
+    # the portable copy alone: OpenMP is the extension's, not the kernels'
+    env = {**os.environ, "QUANTKL_OPENMP": "0", "QUANTKL_KERNEL_PATHS": "portable"}
     p = subprocess.run([sys.executable, "setup.py", "-q", "build_ext", "--inplace"], cwd=tmp_path,
                        env=env, capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr[-3000:]
@@ -30,14 +32,20 @@ def test_builds_and_scores_without_openmp(tmp_path):
     code = ("import numpy as np, quantkl; rng = np.random.default_rng(5); "
             "x = rng.normal(size=(40, 3000)).astype(np.float32); "
             "y = x + rng.normal(size=x.shape).astype(np.float32) * 0.3; "
-            "print(quantkl.__file__); print(repr(quantkl.score(x, y, np.zeros(40, int), "
-            "threads=2).kld_mean))")
+            "print(quantkl.__file__); print([n for n, _ in quantkl.kernel_paths()]); "
+            "print(repr(quantkl.score(x, y, np.zeros(40, int), threads=2).kld_mean))")
     p = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
                        text=True, timeout=120)
     assert p.returncode == 0, p.stderr
-    where, kld = p.stdout.split()
+    where, paths, kld = p.stdout.split("\n")[:3]
     assert where.startswith(str(tmp_path))
+    assert paths == "['portable']"
     rng = np.random.default_rng(5)
     x = rng.normal(size=(40, 3000)).astype(np.float32)
     y = x + rng.normal(size=x.shape).astype(np.float32) * 0.3
-    assert float(kld) == quantkl.score(x, y, np.zeros(40, int)).kld_mean
+    before = quantkl.current_kernel()
+    quantkl.select_kernel("portable")
+    try:
+        assert float(kld) == quantkl.score(x, y, np.zeros(40, int)).kld_mean
+    finally:
+        quantkl.select_kernel(before)
