@@ -2,7 +2,6 @@
 or the Jensen-Shannon divergence asked for, beside its plain rate measured
 in the same run ("ref" is the plain rate, "x ref" the fraction kept).
 A divergence stays off by default when it costs more than 25 %."""
-import numpy as np
 import pytest
 
 from quantkl.bench import best_time, lm_like_logits, next_tokens, perturbed

@@ -7,7 +7,6 @@ llama-perplexity is built from the installed llama-cpp-python's sources
 (tests/llama_tool.py). Its default batch (2048) decodes four chunks per call;
 -b 512 decodes one, as quantkl does: both are timed.
 """
-import os
 import subprocess
 import sys
 import time

@@ -8,7 +8,7 @@ from .arrays import LlamaRows, llama_row_width
 from .encoding import encode_llama_rows
 from .scoring import (Scorer, current_kernel, kernel_paths, score, score_rows,
                       select_kernel, _apply_kernel_env)
-from .stats import KLDResult
+from .result import KLDResult
 
 __version__ = "0.1.0"
 

@@ -12,7 +12,7 @@ from typing import Tuple
 
 import numpy as np
 
-from ._kernels import DTYPES as DTYPE_CODES, TOPK_MAX
+from ._kernels import DTYPES as DTYPE_CODES
 
 
 def llama_row_width(n_vocab: int) -> int:

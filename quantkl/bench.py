@@ -156,6 +156,51 @@ def bytes_needed(vocab: int, rows: int, kernels=KERNELS) -> int:
     return vocab * rows * per_entry
 
 
+def physical_memory() -> int:
+    """Bytes of RAM, or 0 where the system will not say."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 0
+
+
+def check_kernels(names: Optional[str]) -> List[str]:
+    """The kernels a comma-separated list names (all when None); ValueError
+    naming one that is not a kernel."""
+    kernels = names.split(",") if names else list(KERNELS)
+    unknown = [k for k in kernels if k not in KERNELS]
+    if unknown:
+        raise ValueError(f"--kernels: unknown kernel {unknown[0]!r}; choose from "
+                         f"{', '.join(KERNELS)}")
+    return kernels
+
+
+def check_memory(vocab: int, rows: int, kernels=KERNELS) -> None:
+    """ValueError when the arrays would take more than 80 % of this machine's RAM."""
+    need, have = bytes_needed(vocab, rows, kernels), physical_memory()
+    if have and need > 0.8 * have:
+        raise ValueError(f"--vocab {vocab} x --rows {rows} needs about {need / 2**30:.1f} GiB of "
+                         f"arrays; this machine has {have / 2**30:.1f} GiB")
+
+
+def format_table(results: List[Dict[str, object]], vocab: int, rows: int,
+                 threads: Optional[int]) -> str:
+    """The printout of ``quantkl bench``: the machine, then a row per kernel."""
+    m = machine()
+    lines = [f"{m['cpu']}, {m['cores']} cores, AVX-512 {'yes' if m['avx512'] else 'no'}, "
+             f"kernel path {m['kernel_path']}; vocab {vocab}, {rows} rows, "
+             f"threads {threads or m['cores']}; memory read "
+             f"{results[0]['read_loop_GB_per_s']:.2f} GB/s",
+             f"{'kernel':<10} {'mode':<6} {'quantkl M/s':>12} {'numpy M/s':>10} {'x numpy':>8} "
+             f"{'llama.cpp M/s':>14} {'x llama.cpp':>12} {'GB/s':>6} {'of read':>8}"]
+    for r in results:
+        lines.append(f"{r['name']:<10} {r['mode']:<6} {r['rate_M_per_s']:12.1f} "
+                     f"{r['reference_rate_M_per_s']:10.1f} {r['ratio']:7.1f}x "
+                     f"{r['llama_loop_rate_M_per_s']:14.1f} {r['llama_loop_ratio']:11.1f}x "
+                     f"{r['GB_per_s']:6.2f} {r['read_loop_fraction']:7.0%}")
+    return "\n".join(lines)
+
+
 def best_time(fn: Callable[[], object], repeat: int = 3) -> float:
     """Shortest of ``repeat`` runs (after one warm-up), in seconds."""
     fn()

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import mmap
 import os
-import stat
 import struct
 from dataclasses import dataclass
 from typing import Iterator, List, Optional, Sequence, Tuple
@@ -18,6 +17,7 @@ from typing import Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 
 from .arrays import LlamaRows, llama_row_width
+from .files import check_output_path, regular_file_size
 
 MAGIC = b"_logits_"
 HEADER = struct.Struct("<8sIii")
@@ -25,34 +25,6 @@ HEADER = struct.Struct("<8sIii")
 
 class DumpError(ValueError):
     """A logits file that is not what it should be (foreign, truncated, inconsistent)."""
-
-
-def regular_file_size(path: str, what: str = "file") -> int:
-    """The size of a regular file; a clear error for anything else (a FIFO
-    would block open() forever, a directory cannot be read)."""
-    try:
-        st = os.stat(path)
-    except OSError as e:
-        raise DumpError(f"{path}: cannot open: {e.strerror}") from None
-    if not stat.S_ISREG(st.st_mode):
-        kind = "a directory" if stat.S_ISDIR(st.st_mode) else "not a regular file"
-        raise DumpError(f"{path}: {kind}; a {what} must be a regular file")
-    return st.st_size
-
-
-def check_output_path(path: str, force: bool = True) -> None:
-    """A clear error now, not after a long run, when ``path`` cannot be
-    written: a directory is there, its folder does not exist, or (unless
-    ``force``) a file is there already."""
-    if os.path.isdir(path):
-        raise ValueError(f"{path}: is a directory; give a file name to write")
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
-        raise ValueError(f"{path}: folder {folder} does not exist")
-    if not os.access(folder, os.W_OK):
-        raise ValueError(f"{path}: folder {folder} is not writable")
-    if not force and os.path.exists(path):
-        raise ValueError(f"{path} exists; pass --force to overwrite it")
 
 
 def scored_rows_per_chunk(n_ctx: int) -> int:
@@ -77,7 +49,7 @@ class LogitDump:
 
     def __init__(self, path: str | os.PathLike):
         self.path = os.fspath(path)
-        size = regular_file_size(self.path, "logits file")
+        size = regular_file_size(self.path, "logits file", DumpError)
         try:
             f = open(self.path, "rb")
         except OSError as e:
@@ -393,7 +365,7 @@ def check_sample(dump: LogitDump, info: DumpInfo, n_random: int = 64,
 def inspect_dump(path: str | os.PathLike) -> DumpInfo:
     """Describe a logits file without failing on it: header, tokens, and what is wrong."""
     path = os.fspath(path)
-    info = DumpInfo(path, regular_file_size(path, "logits file"))
+    info = DumpInfo(path, regular_file_size(path, "logits file", DumpError))
     try:
         with LogitDump(path) as d:
             info.header = (d.n_ctx, d.n_vocab, d.n_chunk)

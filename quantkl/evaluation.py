@@ -21,7 +21,8 @@ from .encoding import encode_llama_rows
 from .inputs import EvalText
 from .runner import ModelError, ModelOptions, ModelRunner
 from .scoring import READ_FAULT, RowError, Scorer
-from .stats import KLDResult, RunningTotals, _exp
+from .result import KLDResult
+from .stats import RunningTotals, _exp
 
 # Called after each chunk with (chunk number from 1, chunks in all).
 ChunkCallback = Callable[[int, int], None]

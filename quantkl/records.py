@@ -8,7 +8,6 @@ comparisons between records stay exact.
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
@@ -17,7 +16,8 @@ from typing import Any, Dict, Optional, Sequence
 
 import numpy as np
 
-from .stats import KLDResult
+from .files import check_output_path, named_errors, regular_file_size, written_whole
+from .result import KLDResult
 
 RECORD_VERSION = 1
 
@@ -31,6 +31,22 @@ def file_entry(path: str) -> Dict[str, Any]:
             "size_bytes": os.path.getsize(path)}
 
 
+def statistics_dict(result: KLDResult) -> Dict[str, Any]:
+    """A result's statistics as plain floats (JSON-ready), with its mode: a
+    record's "statistics" field."""
+    d: Dict[str, Any] = {"mode": result.mode}
+    d.update(result.statistics())
+    return d
+
+
+def per_token_frame(result: KLDResult):
+    """The per-token arrays as a pandas DataFrame (one row per token)."""
+    import pandas as pd
+    return pd.DataFrame({"kld": result.kld, "nll": result.nll, "nll_base": result.nll_base,
+                         "dp": result.dp, "rank": result.rank, "top_base": result.top_base,
+                         "top_other": result.top_other})
+
+
 def per_token_summary(result: KLDResult) -> Dict[str, Any]:
     """Mean, spread and extremes of the per-token arrays (KLD in nats, Δp as probability)."""
     out: Dict[str, Any] = {}
@@ -41,6 +57,47 @@ def per_token_summary(result: KLDResult) -> Dict[str, Any]:
                      "non_finite": int(arr.size - finite.size)}
     out["rank_histogram"] = np.bincount(result.rank.astype(np.int64), minlength=11).tolist()
     return out
+
+
+def score_metadata(dump, model_path: str, runner, info, save: Optional[str]) -> Dict[str, Any]:
+    """What a record of ``quantkl score`` says besides its statistics: the
+    run's shape, the base and its input, the model and how it ran, the
+    saved dump, where the run stopped and its timing."""
+    from .inputs import read_description
+    model = file_entry(model_path)
+    model.update(n_params=runner.n_params, model_size_bytes=runner.size_bytes,
+                 bits_per_weight=runner.bits_per_weight, description=runner.description)
+    return {"kind": "score", "n_ctx": dump.n_ctx, "n_chunk": dump.n_chunk,
+            "n_vocab": dump.n_vocab, "tokens_sha256": tokens_fingerprint(dump.tokens),
+            "base": file_entry(dump.path), "input": read_description(dump.path), "model": model,
+            "model_options": runner.settings(),
+            "saved_dump": file_entry(save) if save else None, **info.to_dict(),
+            "timing": info.timing()}
+
+
+def compare_metadata(base, other_path: str, info) -> Dict[str, Any]:
+    """The same for ``quantkl compare``: two dumps, no model."""
+    from .inputs import read_description
+    return {"kind": "compare", "n_ctx": base.n_ctx, "n_chunk": base.n_chunk,
+            "n_vocab": base.n_vocab, "tokens_sha256": tokens_fingerprint(base.tokens),
+            "base": file_entry(base.path), "input": read_description(base.path), "model": None,
+            "other": file_entry(other_path), **info.to_dict(), "timing": info.timing()}
+
+
+def finished_run(path: str, dump, mode: str, chunks: Sequence[int]) -> bool:
+    """Whether ``path`` is a whole record of a model against this dump, in
+    this mode over these chunks, its arrays beside it: a run that resuming
+    need not repeat."""
+    try:
+        rec = read_record(path)
+    except ValueError:
+        return False
+    base = rec.get("base") or {}
+    return (rec.get("tokens_sha256") == tokens_fingerprint(dump.tokens)
+            and base.get("file") == os.path.basename(dump.path)
+            and base.get("size_bytes") == dump.size and rec.get("mode") == mode
+            and rec.get("chunks") == list(chunks)
+            and os.path.exists(os.path.join(os.path.dirname(path), rec["per_token_file"])))
 
 
 # Per-token arrays a record's sidecar holds when its result had them (records
@@ -57,7 +114,6 @@ def check_record_path(path: str, force: bool = False) -> None:
     """Refuse, before any work, a record path that cannot be written whole:
     a directory, one whose sidecar would be the record itself (X.npz), or an
     existing record without ``force``."""
-    from .dumpfile import check_output_path
     if sidecar_path(path) == path:
         raise ValueError(f"{path}: a record is JSON, its per-token arrays go to a .npz beside it; "
                          f"name the record OUT.json")
@@ -65,13 +121,20 @@ def check_record_path(path: str, force: bool = False) -> None:
     check_output_path(path, force)
 
 
-def build_record(result: KLDResult, meta: Dict[str, Any], sidecar: str) -> Dict[str, Any]:
-    """The record's JSON content: identity, the run's ``meta``, every statistic."""
+def record_header(kind: str) -> Dict[str, Any]:
+    """The fields every record starts with, whatever its kind (score,
+    compare, tasks): the schema's version, the writer's and the kind."""
     from . import __version__
-    record = {"record_version": RECORD_VERSION, "quantkl_version": __version__,
-              "mode": result.mode, "count": result.count, "topk": list(result.topk)}
+    return {"record_version": RECORD_VERSION, "quantkl_version": __version__, "kind": kind}
+
+
+def build_record(result: KLDResult, meta: Dict[str, Any], sidecar: str) -> Dict[str, Any]:
+    """The record's JSON content: identity, the run's ``meta`` (its "kind"
+    among them), every statistic."""
+    record = record_header(meta.get("kind", "score"))
+    record.update(mode=result.mode, count=result.count, topk=list(result.topk))
     record.update(meta)
-    record["statistics"] = result.to_dict()
+    record["statistics"] = statistics_dict(result)
     record["per_token_summary"] = per_token_summary(result)
     record["per_token_file"] = os.path.basename(sidecar)
     return record
@@ -97,32 +160,12 @@ def write_json_and_arrays(path: str, record: Dict[str, Any], sidecar: str,
     """A JSON record and its .npz of arrays, each written to a ``.partial``
     file and both renamed only when both are whole: a full disk or an error
     leaves neither half behind."""
-    partials = [sidecar + ".partial", path + ".partial"]
-    try:
-        with named_errors(partials[0]), open(partials[0], "wb") as f:  # numpy adds no suffix
+    with written_whole(sidecar, path) as (arrays_partial, json_partial):
+        with named_errors(arrays_partial), open(arrays_partial, "wb") as f:  # numpy adds no suffix
             np.savez_compressed(f, **arrays)
-        with named_errors(partials[1]), open(partials[1], "w") as f:
+        with named_errors(json_partial), open(json_partial, "w") as f:
             json.dump(record, f, indent=2, allow_nan=True)
             f.write("\n")
-        os.replace(partials[0], sidecar)
-        os.replace(partials[1], path)
-    except BaseException:
-        for p in partials:
-            if os.path.exists(p):
-                os.unlink(p)
-        raise
-
-
-@contextlib.contextmanager
-def named_errors(path: str):
-    """OSErrors raised deep inside a writer (numpy's zip files drop the file
-    name) come out naming the file being written."""
-    try:
-        yield
-    except OSError as e:
-        if e.filename:
-            raise
-        raise OSError(e.errno, e.strerror or str(e), path) from None
 
 
 # Fields every record has, and their types; reports read no others unchecked.
@@ -158,7 +201,6 @@ def check_schema(path: str, record: Any) -> None:
 def read_json_record(path: str, what: str = "quantkl JSON record") -> Any:
     """A record file's JSON (a KLD or a task record); ValueError naming the
     file and what is wrong with it."""
-    from .dumpfile import regular_file_size
     regular_file_size(path, "record")
     try:
         with open(path) as f:

@@ -12,7 +12,8 @@ from typing import Dict, Tuple
 
 import numpy as np
 
-from .arrays import TOPK_MAX, LlamaRows, llama_row_width
+from ._kernels import TOPK_MAX
+from .arrays import LlamaRows, llama_row_width
 
 
 def as_float64(logits: np.ndarray) -> np.ndarray:

@@ -22,7 +22,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from .records import load_result, read_record
-from .stats import KLDResult
+from .result import KLDResult
 
 
 @dataclass
@@ -63,7 +63,7 @@ def load_records(paths: Sequence[str], positions: Optional[np.ndarray] = None
     tokens; task records join the quant of the same model file. positions:
     token positions (indices of the records' scored tokens) every statistic
     is restricted to."""
-    from .tasks import is_task_record, read_task_record
+    from .task_records import is_task_record, read_task_record
     if not paths:
         raise ValueError("no records given")
     out: List[QuantRecord] = []
@@ -95,7 +95,7 @@ def read_positions(path: str) -> np.ndarray:
     """Token positions from a text file: whole numbers (0-based indices of a
     record's scored tokens) and half-open ranges A:B, separated by spaces,
     commas or newlines; # starts a comment. Sorted, without repeats."""
-    from .dumpfile import regular_file_size
+    from .files import regular_file_size
     regular_file_size(path, "positions file")
     picked = []
     with open(path, encoding="utf-8", errors="replace") as f:

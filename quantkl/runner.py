@@ -203,11 +203,8 @@ def _warn_no_gpu(llama_cpp, gpu_layers: int) -> bool:
 
 def check_gguf(path: str) -> None:
     """Raise ModelError unless path is a readable GGUF file."""
-    from .dumpfile import DumpError, regular_file_size
-    try:
-        regular_file_size(path, "model")
-    except DumpError as e:
-        raise ModelError(str(e)) from None
+    from .files import regular_file_size
+    regular_file_size(path, "model", ModelError)
     try:
         with open(path, "rb") as f:
             magic = f.read(4)

@@ -12,8 +12,10 @@ from typing import List, Optional, Sequence, Union
 import numpy as np
 
 from . import _kernels
-from .arrays import TOPK_MAX, LlamaRows, logits_view, thread_count, threads_for, token_ids
-from .stats import MODES, KLDResult, RunningTotals, check_topk
+from ._kernels import TOPK_MAX
+from .arrays import LlamaRows, logits_view, thread_count, threads_for, token_ids
+from .result import KLDResult
+from .stats import MODES, RunningTotals, check_topk
 
 Distributions = Union[np.ndarray, LlamaRows]
 

@@ -30,7 +30,7 @@ import struct
 from dataclasses import dataclass
 from typing import List, Optional, Tuple
 
-from .dumpfile import regular_file_size
+from .files import regular_file_size
 
 MAX_ANSWERS = 100  # llama.cpp's own limit on a multiple-choice answer set
 

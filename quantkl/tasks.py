@@ -1,13 +1,8 @@
 """Task accuracy with llama-perplexity's protocols: HellaSwag, Winogrande and
 multiple choice (MMLU, ARC, TruthfulQA-style), task by task as it scores them.
 
-Which tasks: with N of them asked, HellaSwag scores the first N of a shuffle
-(a Mersenne Twister seeded with 1 picks, N times, one task not yet picked,
-with C++'s uniform_int_distribution as libstdc++ computes it), all of them
-shuffled when N is not given. Winogrande and multiple choice pick N tasks by
-scaling the same generator's output by 2^-32 in float32 and swapping the
-picked slot with the last; with no N (or N at least the file's count) they
-score every task in file order.
+Which tasks, in which order: task_order.py, a replica of llama-perplexity's
+random numbers.
 
 How: every choice is one token sequence with BOS (a HellaSwag ending or an
 answer after its context and a space; a Winogrande option put in the blank).
@@ -38,58 +33,12 @@ import numpy as np
 
 from .runner import ModelOptions, ModelRunner
 from .scoring import score_rows
+from .task_order import llama_pick_order, llama_task_order
 from .taskfiles import HellaswagTask, MultipleChoiceTask, WinograndeTask
 
 WILSON_Z = 1.95996398454
 TASK_NAMES = {"hellaswag": "HellaSwag", "winogrande": "Winogrande",
               "multiple-choice": "Multiple choice"}
-
-
-class MersenneTwister:
-    """std::mt19937: 32-bit outputs, seeded as C++ seeds it (init_genrand)."""
-
-    def __init__(self, seed: int):
-        self.mt = [0] * 624
-        self.mt[0] = seed & 0xFFFFFFFF
-        for i in range(1, 624):
-            prev = self.mt[i - 1]
-            self.mt[i] = (1812433253 * (prev ^ (prev >> 30)) + i) & 0xFFFFFFFF
-        self.index = 624
-
-    def __call__(self) -> int:
-        if self.index >= 624:
-            mt = self.mt
-            for i in range(624):
-                y = (mt[i] & 0x80000000) | (mt[(i + 1) % 624] & 0x7FFFFFFF)
-                mt[i] = mt[(i + 397) % 624] ^ (y >> 1) ^ (0x9908B0DF if y & 1 else 0)
-            self.index = 0
-        y = self.mt[self.index]
-        self.index += 1
-        y ^= y >> 11
-        y ^= (y << 7) & 0x9D2C5680
-        y ^= (y << 15) & 0xEFC60000
-        return y ^ (y >> 18)
-
-
-def uniform_below(rng: MersenneTwister, n: int) -> int:
-    """std::uniform_int_distribution(0, n - 1)(rng) as libstdc++ (GCC 11 and
-    later) computes it from a 32-bit engine: Lemire's multiply-and-shift with
-    rejection."""
-    product = rng() * n
-    low = product & 0xFFFFFFFF
-    if low < n:
-        threshold = (0x100000000 - n) % n
-        while low < threshold:
-            product = rng() * n
-            low = product & 0xFFFFFFFF
-    return product >> 32
-
-
-def llama_task_order(n_total: int, n_tasks: int) -> List[int]:
-    """The tasks llama-perplexity scores, in its order (HellaSwag's shuffle)."""
-    rng = MersenneTwister(1)
-    left = list(range(n_total))
-    return [left.pop(uniform_below(rng, len(left))) for _ in range(min(n_tasks, n_total))]
 
 
 @dataclass
@@ -102,23 +51,6 @@ class TaskOutcome:
     @property
     def correct(self) -> bool:
         return self.choice == self.gold
-
-
-def llama_pick_order(n_total: int, n_tasks: Optional[int]) -> List[int]:
-    """The tasks llama-perplexity's Winogrande and multiple choice score, in order."""
-    if n_tasks is None or n_tasks >= n_total:
-        return list(range(n_total))
-    rng = MersenneTwister(1)
-    scale = np.float32(1.0 / 2 ** 32)
-    left = list(range(n_total))
-    order = []
-    for _ in range(n_tasks):
-        j = int(scale * np.float32(rng()) * np.float32(len(left)))
-        j = min(j, len(left) - 1)  # an output rounded up to 2^32 lands past the end in C++
-        order.append(left[j])
-        left[j] = left[-1]
-        left.pop()
-    return order
 
 
 @dataclass
@@ -443,116 +375,3 @@ def score_winogrande(model: str | os.PathLike, tasks: List[WinograndeTask], *,
                     on_task(result.count, len(order), result)
     return result
 
-def mcnemar_exact(a_only: int, b_only: int) -> float:
-    """Two-sided exact McNemar p-value from the discordant counts: the
-    binomial test of a_only successes in a_only + b_only trials at 1/2."""
-    n = a_only + b_only
-    if n == 0:
-        return 1.0
-    k = min(a_only, b_only)
-    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2.0 ** n
-    return min(1.0, 2.0 * tail)
-
-
-@dataclass
-class PairedTasks:
-    """Two models on the same tasks: McNemar's exact test on the discordant ones."""
-    name_a: str
-    name_b: str
-    count: int
-    correct_a: int
-    correct_b: int
-    a_only: int   # tasks A got right and B wrong
-    b_only: int
-
-    @property
-    def p_value(self) -> float:
-        return mcnemar_exact(self.a_only, self.b_only)
-
-    @property
-    def verdict(self) -> str:
-        if self.p_value >= 0.05:
-            return "not distinguishable at 95 %"
-        return f"{self.name_a} better" if self.a_only > self.b_only else f"{self.name_b} better"
-
-    def format(self) -> str:
-        return (f"A = {self.name_a}: {self.correct_a}/{self.count} correct "
-                f"({100 * self.correct_a / self.count:.2f} %)\n"
-                f"B = {self.name_b}: {self.correct_b}/{self.count} correct "
-                f"({100 * self.correct_b / self.count:.2f} %)\n"
-                f"discordant tasks: {self.a_only} only A right, {self.b_only} only B right; "
-                f"McNemar exact p = {self.p_value:.4g}\n"
-                f"verdict: {self.verdict}\n")
-
-
-def paired_tasks(a: TaskResult, b: TaskResult, name_a: str, name_b: str) -> PairedTasks:
-    na = [o.number for o in a.outcomes]
-    if na != [o.number for o in b.outcomes] or a.task != b.task:
-        raise ValueError(f"{name_a} and {name_b} were scored on different tasks or task orders")
-    ra = np.array([o.correct for o in a.outcomes])
-    rb = np.array([o.correct for o in b.outcomes])
-    return PairedTasks(name_a, name_b, len(ra), int(ra.sum()), int(rb.sum()),
-                       int(np.sum(ra & ~rb)), int(np.sum(~ra & rb)))
-
-
-def write_task_record(path: str, result: TaskResult, meta: dict, force: bool = False) -> None:
-    """A task record: accuracy and its interval in JSON, the per-task
-    outcomes (number, gold, choice, per-choice scores) in the .npz beside it;
-    both written whole or not at all."""
-    from . import __version__
-    from .records import RECORD_VERSION, check_record_path, sidecar_path, write_json_and_arrays
-    check_record_path(path, force)
-    sidecar = sidecar_path(path)
-    lo, hi = result.interval()
-    width = max((len(o.scores) for o in result.outcomes), default=0)
-    scores = np.full((result.count, width), np.nan)
-    for i, o in enumerate(result.outcomes):
-        scores[i, :len(o.scores)] = o.scores
-    record = {"record_version": RECORD_VERSION, "quantkl_version": __version__, "kind": "tasks",
-              "task": result.task, "count": result.count, "available": result.n_available,
-              "correct": result.correct, "accuracy": result.accuracy, "interval95": [lo, hi],
-              **({} if result.task == "hellaswag" or result.count < 2
-                 else {"llama_sigma": result.llama_sigma()}),
-              **meta, "per_task_file": os.path.basename(sidecar)}
-    write_json_and_arrays(
-        path, record, sidecar, number=np.array([o.number for o in result.outcomes], np.int64),
-        gold=np.array([o.gold for o in result.outcomes], np.int64),
-        choice=np.array([o.choice for o in result.outcomes], np.int64),
-        n_choices=np.array([len(o.scores) for o in result.outcomes], np.int64), scores=scores)
-
-
-def is_task_record(path: str) -> bool:
-    """Whether path holds a task record (anything else, a FIFO included, is
-    left to the KLD reader to refuse)."""
-    from .records import read_json_record
-    if not os.path.isfile(path):
-        return False
-    try:
-        rec = read_json_record(path)
-    except ValueError:
-        return False
-    return isinstance(rec, dict) and rec.get("kind") == "tasks"
-
-
-def read_task_record(path: str) -> Tuple[dict, TaskResult]:
-    """A task record and its per-task outcomes; ValueError naming what is wrong."""
-    from .records import read_json_record, read_sidecar
-    rec = read_json_record(path, "quantkl task record")
-    if not isinstance(rec, dict) or rec.get("kind") != "tasks":
-        raise ValueError(f"{path}: not a quantkl task record")
-    if rec.get("task") not in TASK_NAMES:
-        raise ValueError(f"{path}: unknown task {rec.get('task')!r}")
-    for key, kind in (("task", str), ("count", int), ("per_task_file", str)):
-        if not isinstance(rec.get(key), kind):
-            raise ValueError(f"{path}: field '{key}' is missing or not {kind.__name__}")
-    arr = read_sidecar(path, rec, "per_task_file", "per-task file",
-                       ("number", "gold", "choice", "n_choices", "scores"))
-    sidecar = rec["per_task_file"]
-    if len(arr["number"]) != rec["count"]:
-        raise ValueError(f"{path}: {sidecar} holds {len(arr['number'])} tasks, the record "
-                         f"counts {rec['count']}")
-    result = TaskResult(rec["task"], [
-        TaskOutcome(int(n), int(g), int(c), [float(x) for x in s[:k]])
-        for n, g, c, k, s in zip(arr["number"], arr["gold"], arr["choice"], arr["n_choices"],
-                                 arr["scores"])], int(rec.get("available", 0)))
-    return rec, result

@@ -7,14 +7,15 @@ predicted there, detokenized with the model's vocabulary.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
-from typing import List, Optional
+from typing import Iterator, List, Optional
 
 import numpy as np
 
 from .dumpfile import LogitDump
 from .runner import Vocabulary
-from .stats import KLDResult
+from .result import KLDResult
 
 CONTEXT_TOKENS = 12
 
@@ -84,3 +85,36 @@ def format_worst(name: str, result: KLDResult, percent: float, tokens: List[Wors
             what = f"{w.token} -> {w.base_top} | {w.other_top}"
         lines.append(f"{i:>3} {w.chunk:>5} {w.position:>5} {w.kld:9.4f} {100 * w.dp:7.2f}  {what}")
     return "\n".join(lines) + "\n"
+
+
+def worst_of_inputs(inputs: List[str], model: Optional[str], top: int, percent: float, *,
+                    threads: Optional[int] = None, verbose: bool = False) -> Iterator[str]:
+    """``quantkl worst``'s blocks, one per quant: from JSON records of score
+    runs (each names its base dump, whose tokens the text needs, and its
+    model), or from two dumps (BASE, OTHER) compared here."""
+    from .evaluation import compare_dumps
+    from .records import load_result, read_record
+    if all(p.endswith(".json") for p in inputs):
+        runs = []
+        for p in inputs:
+            rec = read_record(p)
+            base = (rec.get("base") or {}).get("path")
+            if not base or not os.path.exists(base):
+                raise ValueError(f"{p}: its base dump {base} is not there; the worst tokens need "
+                                 f"the dump's tokens")
+            name = os.path.splitext((rec.get("model") or rec.get("other") or {}).get(
+                "file", os.path.basename(p)))[0]
+            runs.append((name, load_result(p, rec), base,
+                         model or (rec.get("model") or {}).get("path")))
+    elif len(inputs) == 2 and not any(p.endswith(".json") for p in inputs):
+        with LogitDump(inputs[0]) as b, LogitDump(inputs[1]) as o:
+            result = compare_dumps(b, o, threads=threads)
+        runs = [(os.path.basename(inputs[1]), result, inputs[0], model)]
+    else:
+        raise ValueError("give JSON records, or two dumps (BASE.kld OTHER.kld)")
+    for name, result, base, run_model in runs:
+        vocab = (Vocabulary(run_model, verbose) if run_model and os.path.exists(run_model)
+                 else None)
+        with LogitDump(base) as dump:
+            tokens = worst_tokens(result, dump, top, vocab)
+        yield format_worst(name, result, percent, tokens)

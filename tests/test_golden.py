@@ -67,7 +67,7 @@ def test_q4_0_block_matches_llama_perplexity(dump, golden, golden_logits, kernel
     expected = (golden / "llama-perplexity-kld-Q4_0.txt").read_text()
     assert_same_printout(res.format_llama(), block_of(expected))
     table = [res.format_chunk_row(c) for c in (1, 2)]
-    assert_same_printout("\n".join([quantkl.stats.CHUNK_HEADER] + table),
+    assert_same_printout("\n".join([quantkl.printout.CHUNK_HEADER] + table),
                          "\n".join(expected.splitlines()[:3]))
     # The figures tests/data/README.md's files were checked against when made.
     assert f"{res.kld_mean:.6f}" == "0.667713"

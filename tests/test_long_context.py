@@ -10,14 +10,13 @@ import subprocess
 import sys
 import tracemalloc
 
-import numpy as np
 import pytest
 
 from quantkl.cli import main
 from quantkl.dumpfile import LogitDump
 from quantkl.evaluation import dump_base, score_model
 from quantkl.models import SAMPLE_TEXT
-from quantkl.runner import ModelError, ModelOptions, ModelRunner
+from quantkl.runner import ModelOptions, ModelRunner
 from llama_tool import llama_perplexity
 from test_golden import assert_same_printout, upto_same_top
 

@@ -15,6 +15,7 @@ from quantkl.models import SAMPLE_TEXT
 from quantkl.records import load_result, read_record
 from quantkl.reports import PairedDiff
 from quantkl.runner import ModelOptions, ModelRunner
+from quantkl.stats import summary
 
 CHAT_SAMPLE = SAMPLE_TEXT.parent / "chat-sample.jsonl"
 N_CHUNK = 6
@@ -203,7 +204,7 @@ def test_compare_shards_merge(six_chunks, quants, tmp_path, capsys):
 
 def running_unc(result, chunk):
     """The mean KLD's ± after ``chunk`` chunks (what the per-chunk table prints)."""
-    return result._summary(result.chunk_ends[chunk - 1])["kld_mean_unc"]
+    return summary(result, result.chunk_ends[chunk - 1])["kld_mean_unc"]
 
 
 def test_target_unc_stops_where_expected(six_chunks, full_record, quants, tmp_path, capsys):
@@ -221,7 +222,7 @@ def test_target_unc_stops_where_expected(six_chunks, full_record, quants, tmp_pa
     assert f"scored chunks 0:{expect}" in printed
     assert rec["statistics"]["kld_mean_unc"] <= target
     # relative: the first chunk at which unc <= F * mean
-    means = [full._summary(full.chunk_ends[c - 1])["kld_mean"] for c in range(1, N_CHUNK + 1)]
+    means = [summary(full, full.chunk_ends[c - 1])["kld_mean"] for c in range(1, N_CHUNK + 1)]
     f = uncs[4] / means[4] * 1.0001
     expect_rel = next(c for c in range(1, N_CHUNK + 1) if uncs[c - 1] <= f * means[c - 1])
     code, printed, err = run(capsys, "score", six_chunks, "-m", quants["Q4_0"],

@@ -7,7 +7,8 @@ import pytest
 
 import quantkl
 from quantkl import reference
-from quantkl.stats import KLDResult, mean_and_uncertainty, median, percentile
+from quantkl.result import KLDResult
+from quantkl.stats import mean_and_uncertainty, median, percentile
 
 
 def blocks(rng, n_blocks=3, n=60, v=500):

@@ -9,11 +9,12 @@ import subprocess
 import pytest
 
 from quantkl.cli import main
+from quantkl.mcnemar import mcnemar_exact
 from quantkl.models import SAMPLE_TEXT
 from quantkl.taskfiles import (MultipleChoiceTask, read_hellaswag, read_multiple_choice,
                                read_winogrande, write_multiple_choice)
-from quantkl.tasks import (MersenneTwister, llama_pick_order, llama_task_order, mcnemar_exact,
-                           read_task_record, uniform_below)
+from quantkl.task_order import MersenneTwister, llama_pick_order, llama_task_order, uniform_below
+from quantkl.task_records import read_task_record
 from llama_tool import llama_perplexity
 
 HELLASWAG = SAMPLE_TEXT.parent / "hellaswag-sample.txt"
