@@ -58,8 +58,8 @@
 #endif
 
 /* Jensen-Shannon (opt-in, an exp, an expm1 and a log per entry): one copy per
- * mode with the dtypes, strides and reverse flag tested at run time, for a
- * copy per dtype and flag combination would double the build. Testing the
+ * mode, for contiguous rows, with the dtypes and reverse flag tested at run
+ * time, for a copy per dtype and flag combination would double the build. Testing the
  * mode at run time too cost 40 % of the JS rate (510 vs 875 M/s, u16 x f32,
  * one thread); QK_FEW_COPIES takes that one copy. */
 #ifdef QK_FEW_COPIES
@@ -77,5 +77,11 @@
             copy_##NAME##_js ARGS;                                                                 \
     } while (0)
 #endif
+
+/* Strided rows asking for Jensen-Shannon: one copy with the mode, dtypes
+ * and strides all tested at run time (the JS copies above read contiguous
+ * rows, whose rate a run-time stride would cut by a quarter). */
+#define QK_JS_STRIDED_COPY(NAME, PARAMS, ROW)                                                      \
+    QK_COPY(copy_##NAME##_js_strided, PARAMS, ROW(mode))
 
 #endif

@@ -101,18 +101,93 @@ QK_INLINE int uu_exact_sum(float *l, float *dl, int n, const llama_llama_consts 
     return n - i;
 }
 
+/* The base's tail in a step (exact mode, or the reverse KL): its code-0
+ * entries counted, those on Q's code 0 too, and in exact mode Q's log p
+ * summed over those on Q's code > 0; code: the base's code > 0 lanes. */
+QK_INLINE void uu_base_tail_g(llama_llama_sums *s, const llama_llama_consts *k, int exact,
+                              const vf *cp, const vf *lq, const vmask *q_live,
+                              const vmask *valid, vmask *code)
+{
+    for (int j = 0; j < QK_G; j++) {
+        code[j] = vm_and(valid[j], vf_gt(cp[j], k->zero));
+        const vmask tail = vm_andnot(valid[j], code[j]);
+        s->p_tail_n += count(tail);
+        s->p_tail_on_q_tail += count(vm_andnot(tail, q_live[j]));
+        if (exact) {
+            const vf l = vf_keep(vm_and(tail, q_live[j]), lq[j]);
+            s->l_lo += vf_lo_pd(l);
+            s->l_hi += vf_hi_pd(l);
+        }
+    }
+}
+
+/* llama mode's forward terms: to the kept buffer (log p and d), whose exps
+ * are taken there; the few kept lanes on Q's code 0 take theirs here as
+ * well, for pq. Returns the buffer's new count. */
+QK_INLINE int uu_llama_terms_g(llama_llama_sums *s, const llama_llama_consts *k, kept_terms *b,
+                               int n, const vf *lp, const vf *d, const vmask *q_live,
+                               const vmask *valid)
+{
+    vmask keep[QK_G], dead = vm_none();
+    for (int j = 0; j < QK_G; j++) {
+        keep[j] = vm_and(valid[j], vf_gt(lp[j], k->cut));
+        dead = vm_or(dead, vm_andnot(keep[j], q_live[j]));
+    }
+    if (vm_bits(dead)) {
+        vf e[QK_G], pq[QK_G];
+        for (int j = 0; j < QK_G; j++)
+            e[j] = lp[j];
+        vf_exp_in_range_n(e, QK_G); /* lanes outside the range are masked */
+        for (int j = 0; j < QK_G; j++)
+            pq[j] = vf_keep(vm_andnot(keep[j], q_live[j]), e[j]);
+        s->pq = s->pq + sum_g(pq);
+    }
+    return kept_add_g(b, n, keep, lp, d);
+}
+
+/* The forward terms where the base's decoded mass is taken from every step,
+ * as llama_logits_step's (exact mode without packing, or the reverse KL):
+ * exact mode's terms summed here, llama mode's (p and d, as kept_sum would
+ * take them, to the bit) to the kept buffer. Returns the buffer's count. */
+QK_INLINE int uu_mass_terms_g(llama_llama_sums *s, const llama_llama_consts *k, int exact,
+                              kept_terms *b, int n, const vf *lp, const vf *d,
+                              const vmask *q_live, const vmask *valid, const vmask *code)
+{
+    vf e[QK_G], t[QK_G], pq[QK_G];
+    vmask keep[QK_G];
+    for (int j = 0; j < QK_G; j++) {
+        keep[j] = exact ? code[j] : vm_and(valid[j], vf_gt(lp[j], k->cut));
+        e[j] = lp[j];
+    }
+    vf_exp_n(e, QK_G);
+    add_mass_g(&s->p, code, lp, e);
+    for (int j = 0; j < QK_G; j++) {
+        const vf p = vf_keep(keep[j], e[j]);
+        pq[j] = vf_keep(vm_andnot(keep[j], q_live[j]), p);
+        t[j] = p * d[j];
+    }
+    s->pq = s->pq + sum_g(pq);
+    if (!exact)
+        return kept_add_g(b, n, keep, e, d);
+    add_terms_g(&s->t_lo, &s->t_hi, t);
+    return n;
+}
+
+/* One step of the pass over both rows: decode both sides, then each
+ * algorithm the flags ask for (Q's mass or its live log q; the reverse KL;
+ * Jensen-Shannon; the base's tail; the forward terms by mode). */
 QK_INLINE int llama_llama_step(llama_llama_sums *s, const llama_llama_consts *k, int flags,
                                kept_terms *b, int n, live_log_p *lb, int *lb_n, live_log_p *db,
                                int *db_n, const vf *cp, const vf *cq, const vmask *valid)
 {
     const int exact = flags & QK_EXACT, reverse = flags & QK_REVERSE;
-    vf lp[QK_G], lq[QK_G], eq[QK_G], d[QK_G], t[QK_G], pq[QK_G];
-    vmask q_live[QK_G], keep[QK_G], code[QK_G];
+    vf lp[QK_G], lq[QK_G], eq[QK_G], d[QK_G];
+    vmask q_live[QK_G], code[QK_G];
     for (int j = 0; j < QK_G; j++) {
         lp[j] = decode(cp[j], k->sp, k->mp);
         lq[j] = decode(cq[j], k->sq, k->mq);
         q_live[j] = vm_and(valid[j], vf_gt(cq[j], k->zero));
-        code[j] = vm_none(); /* set below where exact_packs reads it; GCC cannot tell */
+        code[j] = vm_none(); /* set by uu_base_tail_g where exact_packs reads it */
         s->q_tail_n += count(valid[j]) - count(q_live[j]);
         /* Q's code-0 entries take its clip point here and their own log q
          * (the tail's, known only at the end) through a float64 correction:
@@ -132,19 +207,8 @@ QK_INLINE int llama_llama_step(llama_llama_sums *s, const llama_llama_consts *k,
     }
     if (flags & QK_JS)
         llama_llama_js(s, k, cp, lp, lq, q_live, valid);
-    if (exact || reverse) { /* the base's tail: its code-0 entries */
-        for (int j = 0; j < QK_G; j++) {
-            code[j] = vm_and(valid[j], vf_gt(cp[j], k->zero));
-            const vmask tail = vm_andnot(valid[j], code[j]);
-            s->p_tail_n += count(tail);
-            s->p_tail_on_q_tail += count(vm_andnot(tail, q_live[j]));
-            if (exact) {
-                const vf l = vf_keep(vm_and(tail, q_live[j]), lq[j]);
-                s->l_lo += vf_lo_pd(l);
-                s->l_hi += vf_hi_pd(l);
-            }
-        }
-    }
+    if (exact || reverse)
+        uu_base_tail_g(s, k, exact, cp, lq, q_live, valid, code);
     if (exact_packs(flags)) { /* the base's code > 0 lanes, by Q's code: uu_exact_sum */
         vmask on_q[QK_G], off_q[QK_G];
         for (int j = 0; j < QK_G; j++) {
@@ -154,44 +218,9 @@ QK_INLINE int llama_llama_step(llama_llama_sums *s, const llama_llama_consts *k,
         *db_n = live_add_g(db, *db_n, off_q, lp);
         return kept_add_g(b, n, on_q, lp, d);
     }
-    if (!exact && !reverse) {
-        /* llama mode's terms go to the kept buffer (log p and d), and their
-         * exps are taken there; the few kept lanes on Q's code 0 take theirs
-         * here as well, for pq */
-        vmask dead = vm_none();
-        for (int j = 0; j < QK_G; j++) {
-            keep[j] = vm_and(valid[j], vf_gt(lp[j], k->cut));
-            dead = vm_or(dead, vm_andnot(keep[j], q_live[j]));
-        }
-        if (vm_bits(dead)) {
-            vf e[QK_G];
-            for (int j = 0; j < QK_G; j++)
-                e[j] = lp[j];
-            vf_exp_in_range_n(e, QK_G); /* lanes outside the range are masked */
-            for (int j = 0; j < QK_G; j++)
-                pq[j] = vf_keep(vm_andnot(keep[j], q_live[j]), e[j]);
-            s->pq = s->pq + sum_g(pq);
-        }
-        return kept_add_g(b, n, keep, lp, d);
-    }
-    /* the base's decoded mass from every step, as llama_logits_step's */
-    vf e[QK_G];
-    for (int j = 0; j < QK_G; j++) {
-        keep[j] = exact ? code[j] : vm_and(valid[j], vf_gt(lp[j], k->cut));
-        e[j] = lp[j];
-    }
-    vf_exp_n(e, QK_G);
-    add_mass_g(&s->p, code, lp, e);
-    for (int j = 0; j < QK_G; j++) {
-        const vf p = vf_keep(keep[j], e[j]);
-        pq[j] = vf_keep(vm_andnot(keep[j], q_live[j]), p);
-        t[j] = p * d[j];
-    }
-    s->pq = s->pq + sum_g(pq);
-    if (!exact) /* the reverse KL: p and d, as kept_sum would take them (to the bit) */
-        return kept_add_g(b, n, keep, e, d);
-    add_terms_g(&s->t_lo, &s->t_hi, t);
-    return n;
+    if (!exact && !reverse)
+        return uu_llama_terms_g(s, k, b, n, lp, d, q_live, valid);
+    return uu_mass_terms_g(s, k, exact, b, n, lp, d, q_live, valid, code);
 }
 
 /* Q's code-0 entries where the base has a log p (n3 of them), and where it
@@ -230,6 +259,116 @@ QK_INLINE double reverse_slope_p(const llama_llama_sums *s, double c_q)
     return -(vd_hsum(widened_sum(s->b_lo, s->b_hi)) + exp(c_q) * (double)s->p_tail_on_q_tail);
 }
 
+/* The one pass over both rows: every sum of s, and each side's block maxima
+ * (bp, bq) for its top-k list. */
+QK_INLINE void llama_llama_pass(const uint16_t *p_row, const uint16_t *q_row, int64_t n, int flags,
+                                const llama_llama_consts *k, llama_llama_sums *s, qk_topk *bp,
+                                qk_topk *bq)
+{
+    const int exact = flags & QK_EXACT;
+    kept_terms kept;
+    live_log_p live, off_q;
+    int kept_n = 0, live_n = 0, off_q_n = 0;
+    for (int64_t b = 0; b < n; b += QK_BLOCK) {
+        const int64_t e = block_end(b, n);
+        s->lp_max = s->lq_max = vf_set1(-INFINITY);
+        int64_t i = b;
+        for (; i + QK_SPAN <= e; i += QK_SPAN) {
+            vf cp[QK_G], cq[QK_G];
+            vmask valid[QK_G];
+            prefetch_span(p_row, 8 + 2 * i + QK_PREFETCH / 2, 2 * QK_SPAN);
+            prefetch_span(q_row, 8 + 2 * i + QK_PREFETCH / 2, 2 * QK_SPAN);
+            load_codes_g(cp, p_row, i, e, 1);
+            load_codes_g(cq, q_row, i, e, 1);
+            valid_g(valid, i, e, 1);
+            kept_n = llama_llama_step(s, k, flags, &kept, kept_n, &live, &live_n, &off_q,
+                                      &off_q_n, cp, cq, valid);
+        }
+        if (i < e) {
+            vf cp[QK_G], cq[QK_G];
+            vmask valid[QK_G];
+            load_codes_g(cp, p_row, i, e, 0);
+            load_codes_g(cq, q_row, i, e, 0);
+            valid_g(valid, i, e, 0);
+            kept_n = llama_llama_step(s, k, flags, &kept, kept_n, &live, &live_n, &off_q,
+                                      &off_q_n, cp, cq, valid);
+        }
+        if (!exact) {
+            kept_n = kept_sum(&kept, kept_n, flags & QK_REVERSE ? KEPT_P : KEPT_LOG_P, NULL,
+                              &s->t_lo, &s->t_hi, &s->p32, e == n);
+        } else if (exact_packs(flags)) {
+            kept_n = uu_exact_sum(kept.a, kept.y, kept_n, k, s, e == n);
+            off_q_n = uu_exact_sum(off_q.l, NULL, off_q_n, k, s, e == n);
+        }
+        if (!(flags & QK_REVERSE))
+            live_n = live_mass(&live, live_n, &s->q, e == n);
+        blocks_add(bp, vf_hmax(s->lp_max), b);
+        blocks_add(bq, vf_hmax(s->lq_max), b);
+    }
+}
+
+/* What the tails' log p come from, and what reads them. */
+typedef struct {
+    double s_t, s_pq;   /* the forward terms; Q's code-0 entries' p where the base has one */
+    double q_mass;      /* Q's decoded mass (code > 0) */
+    double c_p, w_p;    /* the base's tail log p; exact mode: its mass on Q's code 0 */
+    double c_q;         /* Q's tail log p */
+} uu_tails;
+
+/* Q's tail log p from the cheap mass, unless its error (through the base's
+ * mass on Q's code 0, or the token's own NLL) could reach a twentieth of
+ * what the contract allows: then from float64 exps. */
+QK_INLINE void q_tail(uu_tails *t, const llama_llama_sums *s, const uint16_t *q_row,
+                      const qk_header *hq, int64_t n, int flags, uint16_t cq_tok)
+{
+    const double q_n = (double)s->q_tail_n, mq = hq->min_log_prob;
+    t->c_q = 0.0;
+    if (q_n == 0)
+        return;
+    t->c_q = qk_tail_log_prob(1.0 - t->q_mass, q_n, mq);
+    const double err = tail_error(t->q_mass, mass_error(&s->q), q_n, mq);
+    if (tail_could_matter(err * (t->s_pq + t->w_p), t->s_t - (t->c_q - mq) * t->s_pq, 1e-6) ||
+        (cq_tok == 0 && tail_could_matter(err, t->c_q, 1e-7)) ||
+        ((flags & QK_REVERSE) &&
+         tail_could_matter(err * fabs(reverse_slope_q(s, t->c_q, t->c_p)),
+                           reverse_kl(s, t->c_q, t->c_p), 1e-6))) {
+        t->q_mass = mass64(q_row, hq, n);
+        t->c_q = qk_tail_log_prob(1.0 - t->q_mass, q_n, mq);
+    }
+}
+
+/* The same rule for the base's tail, which exact mode's KL (its tail terms,
+ * the token's NLL) and the reverse KL read; returns the KL, exact mode's
+ * tail terms included (mq: Q's min_log_prob). */
+QK_INLINE double p_tail(uu_tails *t, const llama_llama_sums *s, const uint16_t *p_row,
+                        const qk_header *hp, double mq, int64_t n, int flags, uint16_t cp_tok)
+{
+    const int exact = flags & QK_EXACT;
+    double kld = t->s_t - (t->c_q - mq) * t->s_pq;
+    if (s->p_tail_n == 0)
+        return kld;
+    const double p_n = (double)s->p_tail_n, l_sum = vd_hsum(widened_sum(s->l_lo, s->l_hi));
+    const double err = tail_error(mass_of(&s->p), mass_error(&s->p), p_n, hp->min_log_prob);
+    int precise = 0;
+    if (exact) {
+        const double w = exp(t->c_p), n4 = (double)s->p_tail_on_q_tail;
+        const double tail_kld = w * (p_n * t->c_p - l_sum - n4 * t->c_q);
+        precise = tail_could_matter(err * fabs(w * (p_n * (t->c_p + 1.0) - l_sum - n4 * t->c_q)),
+                                    kld + tail_kld, 1e-6) ||
+                  (cp_tok == 0 && tail_could_matter(err, t->c_p, 1e-7));
+    }
+    if (flags & QK_REVERSE)
+        precise = precise || tail_could_matter(err * fabs(reverse_slope_p(s, t->c_q)),
+                                               reverse_kl(s, t->c_q, t->c_p), 1e-6);
+    if (precise) {
+        t->c_p = qk_tail_log_prob(1.0 - mass64(p_row, hp, n), p_n, hp->min_log_prob);
+        t->w_p = exact ? exp(t->c_p) * (double)s->p_tail_on_q_tail : 0.0;
+    }
+    if (exact)
+        kld += exp(t->c_p) * (p_n * t->c_p - l_sum) - t->w_p * t->c_q;
+    return kld;
+}
+
 QK_INLINE void llama_llama_row(const uint16_t *p_row, const uint16_t *q_row, int64_t n, int64_t tok,
                                int flags, qk_row *out)
 {
@@ -250,119 +389,41 @@ QK_INLINE void llama_llama_row(const uint16_t *p_row, const uint16_t *q_row, int
                                   vf_set1((float)js_cp), vf_set1((float)js_cq)};
     llama_llama_sums s;
     memset(&s, 0, sizeof s); /* every sum 0.0, every count 0 */
-    qk_topk tp = {0};
-    qk_topk tq = {0}, bp = {0}, bq = {0};
-    kept_terms kept;
-    live_log_p live, off_q;
-    int kept_n = 0, live_n = 0, off_q_n = 0;
-    for (int64_t b = 0; b < n; b += QK_BLOCK) {
-        const int64_t e = block_end(b, n);
-        s.lp_max = s.lq_max = vf_set1(-INFINITY);
-        int64_t i = b;
-        for (; i + QK_SPAN <= e; i += QK_SPAN) {
-            vf cp[QK_G], cq[QK_G];
-            vmask valid[QK_G];
-            prefetch_span(p_row, 8 + 2 * i + QK_PREFETCH / 2, 2 * QK_SPAN);
-            prefetch_span(q_row, 8 + 2 * i + QK_PREFETCH / 2, 2 * QK_SPAN);
-            load_codes_g(cp, p_row, i, e, 1);
-            load_codes_g(cq, q_row, i, e, 1);
-            valid_g(valid, i, e, 1);
-            kept_n = llama_llama_step(&s, &k, flags, &kept, kept_n, &live, &live_n, &off_q,
-                                      &off_q_n, cp, cq, valid);
-        }
-        if (i < e) {
-            vf cp[QK_G], cq[QK_G];
-            vmask valid[QK_G];
-            load_codes_g(cp, p_row, i, e, 0);
-            load_codes_g(cq, q_row, i, e, 0);
-            valid_g(valid, i, e, 0);
-            kept_n = llama_llama_step(&s, &k, flags, &kept, kept_n, &live, &live_n, &off_q,
-                                      &off_q_n, cp, cq, valid);
-        }
-        if (!exact) {
-            kept_n = kept_sum(&kept, kept_n, flags & QK_REVERSE ? KEPT_P : KEPT_LOG_P, NULL,
-                              &s.t_lo, &s.t_hi, &s.p32, e == n);
-        } else if (exact_packs(flags)) {
-            kept_n = uu_exact_sum(kept.a, kept.y, kept_n, &k, &s, e == n);
-            off_q_n = uu_exact_sum(off_q.l, NULL, off_q_n, &k, &s, e == n);
-        }
-        if (!(flags & QK_REVERSE))
-            live_n = live_mass(&live, live_n, &s.q, e == n);
-        blocks_add(&bp, vf_hmax(s.lp_max), b);
-        blocks_add(&bq, vf_hmax(s.lq_max), b);
-    }
+    qk_topk tp = {0}, tq = {0}, bp = {0}, bq = {0};
+    llama_llama_pass(p_row, q_row, n, flags, &k, &s, &bp, &bq);
     const side_values pv = codes_side(p_row, k.sp, k.mp), qv = codes_side(q_row, k.sq, k.mq);
     topk_of_blocks(&tp, &bp, &pv, n);
     topk_of_blocks(&tq, &bq, &qv, n);
-    const double q_n = (double)s.q_tail_n, mq = hq.min_log_prob;
-    const double s_t = vd_hsum(widened_sum(s.t_lo, s.t_hi));
-    const double s_pq = vd_hsum(widened_sum(vf_lo_pd(s.pq), vf_hi_pd(s.pq)));
-    double q_mass = mass_of(&s.q);
+    uu_tails t;
+    t.s_t = vd_hsum(widened_sum(s.t_lo, s.t_hi));
+    t.s_pq = vd_hsum(widened_sum(vf_lo_pd(s.pq), vf_hi_pd(s.pq)));
+    t.q_mass = mass_of(&s.q);
     const double p_mass = exact ? mass_of(&s.p)
                                 : vd_hsum(widened_sum(vf_lo_pd(s.p32), vf_hi_pd(s.p32)));
     if (qk_row_corrupt(&hp, qk_topk_best(&tp), p_mass, p_row, n))
         out->status |= QK_P_CORRUPT;
-    if (qk_row_corrupt(&hq, qk_topk_best(&tq), q_mass, q_row, n))
+    if (qk_row_corrupt(&hq, qk_topk_best(&tq), t.q_mass, q_row, n))
         out->status |= QK_Q_CORRUPT;
     if (out->status)
         return;
     /* the base's tail log p (exact mode, or the reverse KL in either), from
      * a mass within mass_error, and in exact mode its mass on Q's code 0 */
-    const double p_tail_mass = mass_of(&s.p);
-    double c_p = 0.0, w_p = 0.0;
+    t.c_p = t.w_p = 0.0;
     if (s.p_tail_n > 0) {
-        c_p = qk_tail_log_prob(1.0 - p_tail_mass, (double)s.p_tail_n, hp.min_log_prob);
-        w_p = exact ? exp(c_p) * (double)s.p_tail_on_q_tail : 0.0;
+        t.c_p = qk_tail_log_prob(1.0 - mass_of(&s.p), (double)s.p_tail_n, hp.min_log_prob);
+        t.w_p = exact ? exp(t.c_p) * (double)s.p_tail_on_q_tail : 0.0;
     }
     const uint16_t cp_tok = qk_code(p_row, tok), cq_tok = qk_code(q_row, tok);
-    double c_q = 0.0;
-    if (q_n > 0) {
-        /* Q's tail log p from the cheap mass, unless its error (through the
-         * base's mass on Q's code 0, or the token's own NLL) could reach a
-         * twentieth of what the contract allows: then from float64 exps. */
-        c_q = qk_tail_log_prob(1.0 - q_mass, q_n, mq);
-        const double err = tail_error(q_mass, mass_error(&s.q), q_n, mq);
-        if (tail_could_matter(err * (s_pq + w_p), s_t - (c_q - mq) * s_pq, 1e-6) ||
-            (cq_tok == 0 && tail_could_matter(err, c_q, 1e-7)) ||
-            ((flags & QK_REVERSE) && tail_could_matter(err * fabs(reverse_slope_q(&s, c_q, c_p)),
-                                                       reverse_kl(&s, c_q, c_p), 1e-6))) {
-            q_mass = mass64(q_row, &hq, n);
-            c_q = qk_tail_log_prob(1.0 - q_mass, q_n, mq);
-        }
-    }
-    /* the same rule for the base's tail, which exact mode's KL (its tail
-     * terms, the token's NLL) and the reverse KL read */
-    const double p_n = (double)s.p_tail_n, l_sum = vd_hsum(widened_sum(s.l_lo, s.l_hi));
-    double kld = s_t - (c_q - mq) * s_pq;
-    if (s.p_tail_n > 0) {
-        const double err = tail_error(p_tail_mass, mass_error(&s.p), p_n, hp.min_log_prob);
-        int precise = 0;
-        if (exact) {
-            const double w = exp(c_p), n4 = (double)s.p_tail_on_q_tail;
-            const double tail_kld = w * (p_n * c_p - l_sum - n4 * c_q);
-            precise = tail_could_matter(err * fabs(w * (p_n * (c_p + 1.0) - l_sum - n4 * c_q)),
-                                        kld + tail_kld, 1e-6) ||
-                      (cp_tok == 0 && tail_could_matter(err, c_p, 1e-7));
-        }
-        if (flags & QK_REVERSE)
-            precise = precise || tail_could_matter(err * fabs(reverse_slope_p(&s, c_q)),
-                                                   reverse_kl(&s, c_q, c_p), 1e-6);
-        if (precise) {
-            c_p = qk_tail_log_prob(1.0 - mass64(p_row, &hp, n), p_n, hp.min_log_prob);
-            w_p = exact ? exp(c_p) * (double)s.p_tail_on_q_tail : 0.0;
-        }
-        if (exact)
-            kld += exp(c_p) * (p_n * c_p - l_sum) - w_p * c_q;
-    }
-    out->kld = kld;
+    q_tail(&t, &s, q_row, &hq, n, flags, cq_tok);
+    out->kld = p_tail(&t, &s, p_row, &hp, hq.min_log_prob, n, flags, cp_tok);
     if (flags & QK_REVERSE)
-        out->rkl = reverse_kl(&s, c_q, c_p);
+        out->rkl = reverse_kl(&s, t.c_q, t.c_p);
     if (js)
         out->js = js_of(&s.js, 1.0, 0.0);
-    out->nll_q = cq_tok ? -(double)qk_decode(&hq, cq_tok) : -c_q;
+    out->nll_q = cq_tok ? -(double)qk_decode(&hq, cq_tok) : -t.c_q;
     out->nll_q_llama = (float)out->nll_q;
     /* llama mode: the base's NLL as llama.cpp decodes it, whatever Q is */
-    out->nll_p = (cp_tok || !exact) ? -(double)qk_decode(&hp, cp_tok) : -c_p;
+    out->nll_p = (cp_tok || !exact) ? -(double)qk_decode(&hp, cp_tok) : -t.c_p;
     qk_set_tops(out, &tp, &tq, exp((double)tp.val[0]));
 }
 

@@ -329,6 +329,90 @@ QK_INLINE void llama_logits_one_pass(const uint16_t *p_row, const void *q, int d
     qk_set_tops(out, &tp, &tq, exp((double)tp.val[0]));
 }
 
+/* Pass 1 over the logits: their normaliser (max, log-sum-exp) and the
+ * block maxima of their top-k list; returns the side's status bits. */
+QK_INLINE int32_t logits_pass1(const void *q, int dt, ptrdiff_t st, int64_t n, norm *nq,
+                               qk_topk *tq, double *lse)
+{
+    qk_topk bq = {0};
+    norm_init(nq);
+    for (int64_t b = 0; b < n; b += QK_BLOCK)
+        norm_block(nq, q, dt, st, b, block_end(b, n), &bq, 0, QK_PREFETCH);
+    const side_values qv = logits_side(q, dt, st);
+    topk_of_blocks(tq, &bq, &qv, n);
+    *lse = norm_lse(nq);
+    return norm_status(nq, *lse, QK_Q_NONFINITE, QK_Q_EMPTY);
+}
+
+/* Pass 2 over both rows: every sum of s, and the base's block maxima (bp). */
+QK_INLINE void llama_logits_pass2(const uint16_t *p_row, const void *q, int dt, ptrdiff_t st,
+                                  int64_t n, int flags, const llama_logits_consts *k,
+                                  llama_logits_sums *s, qk_topk *bp)
+{
+    const int exact = flags & QK_EXACT;
+    kept_terms kept;
+    int kept_n = 0;
+    for (int64_t b = 0; b < n; b += QK_BLOCK) {
+        const int64_t e = block_end(b, n);
+        vf c_max = vf_set1(0.0f); /* lanes past the end: code 0 */
+        s->lp_max = vf_set1(-INFINITY);
+        int64_t i = b;
+        for (; i + QK_SPAN <= e; i += QK_SPAN)
+            kept_n = llama_logits_span(s, k, flags, &kept, kept_n, &c_max, NULL, NULL, p_row, q,
+                                       dt, st, i, e, 1, QK_PREFETCH);
+        if (i < e)
+            kept_n = llama_logits_span(s, k, flags, &kept, kept_n, &c_max, NULL, NULL, p_row, q,
+                                       dt, st, i, e, 0, 0);
+        if (!exact)
+            kept_n = kept_sum(&kept, kept_n, flags & QK_REVERSE ? KEPT_P : KEPT_CODES, k,
+                              &s->t_lo, &s->t_hi, &s->p32, e == n);
+        else if (exact_packs(flags))
+            kept_n = kept_exact_sum(&kept, kept_n, k, s, e == n);
+        if (!exact || exact_packs(flags))
+            s->lp_max = decode(c_max, k->scale, k->min_log_prob);
+        blocks_add(bp, vf_hmax(s->lp_max), b);
+    }
+}
+
+/* The base's tail (exact mode, or the reverse KL in either): its log p from
+ * add_mass_g's mass, within mass_error of the float64 one; where that error,
+ * through what reads the tail (the exact KL's tail terms, the token's NLL,
+ * Q's mass there), could reach a twentieth of the contract, from float64
+ * exps instead. Adds the tail's terms to *kld and *r (the reverse KL's sum,
+ * q = e * exp(-(lse - lse_hi)): the reverse terms' lq is lse - lse_hi too
+ * high); returns the tail's log p (-inf where there is no tail). */
+QK_INLINE double llama_logits_tail(const llama_logits_sums *s, const uint16_t *p_row,
+                                   const qk_header *h, int64_t n, int flags, double lse,
+                                   float lse_hi, float y_tok, uint16_t c_tok, double *kld,
+                                   double *r)
+{
+    if (s->tail_n == 0)
+        return -INFINITY;
+    const int exact = flags & QK_EXACT;
+    const double q_scale = exp(-(lse - lse_hi)), lse_lo = lse - lse_hi, mlp = h->min_log_prob;
+    const double tail_n = (double)s->tail_n, ys = vd_hsum(widened_sum(s->y_lo, s->y_hi));
+    const double re = vd_hsum(widened_sum(s->re_lo, s->re_hi));
+    const double mass = mass_of(&s->p), err = tail_error(mass, mass_error(&s->p), tail_n, mlp);
+    double c_tail = qk_tail_log_prob(1.0 - mass, tail_n, mlp);
+    int precise = 0;
+    if (exact) {
+        const double w = exp(c_tail), tail_kld = w * (tail_n * (c_tail + lse) - ys);
+        precise = tail_could_matter(err * fabs(w * (tail_n * (c_tail + lse + 1.0) - ys)),
+                                    *kld + tail_kld, 1e-6) ||
+                  (c_tok == 0 && y_tok > -INFINITY && tail_could_matter(err, c_tail, 1e-7));
+    }
+    if (flags & QK_REVERSE)
+        precise = precise || tail_could_matter(err * q_scale * re,
+                                               q_scale * (*r - (c_tail - mlp) * re) - lse_lo,
+                                               1e-6);
+    if (precise)
+        c_tail = qk_tail_log_prob(1.0 - mass64(p_row, h, n), tail_n, mlp);
+    if (exact)
+        *kld += exp(c_tail) * (tail_n * (c_tail + lse) - ys);
+    *r -= (c_tail - mlp) * re;
+    return c_tail;
+}
+
 QK_INLINE void llama_logits_row(const uint16_t *p_row, const void *q, int dt, ptrdiff_t st,
                                 int64_t n, int64_t tok, int flags, qk_row *out)
 {
@@ -344,14 +428,9 @@ QK_INLINE void llama_logits_row(const uint16_t *p_row, const void *q, int dt, pt
         return;
     }
     norm nq;
-    norm_init(&nq);
-    qk_topk tq = {0}, bq = {0};
-    for (int64_t b = 0; b < n; b += QK_BLOCK)
-        norm_block(&nq, q, dt, st, b, block_end(b, n), &bq, 0, QK_PREFETCH);
-    const side_values qv = logits_side(q, dt, st);
-    topk_of_blocks(&tq, &bq, &qv, n);
-    const double lse = norm_lse(&nq);
-    out->status = norm_status(&nq, lse, QK_Q_NONFINITE, QK_Q_EMPTY);
+    qk_topk tq = {0};
+    double lse;
+    out->status = logits_pass1(q, dt, st, n, &nq, &tq, &lse);
     if (out->status)
         return;
     const float lse_hi = (float)lse;
@@ -364,28 +443,7 @@ QK_INLINE void llama_logits_row(const uint16_t *p_row, const void *q, int dt, pt
     llama_logits_sums s;
     memset(&s, 0, sizeof s); /* every sum 0.0, every mask none */
     qk_topk tp = {0}, bp = {0};
-    kept_terms kept;
-    int kept_n = 0;
-    for (int64_t b = 0; b < n; b += QK_BLOCK) {
-        const int64_t e = block_end(b, n);
-        vf c_max = vf_set1(0.0f); /* lanes past the end: code 0 */
-        s.lp_max = vf_set1(-INFINITY);
-        int64_t i = b;
-        for (; i + QK_SPAN <= e; i += QK_SPAN)
-            kept_n = llama_logits_span(&s, &k, flags, &kept, kept_n, &c_max, NULL, NULL, p_row, q,
-                                       dt, st, i, e, 1, QK_PREFETCH);
-        if (i < e)
-            kept_n = llama_logits_span(&s, &k, flags, &kept, kept_n, &c_max, NULL, NULL, p_row, q,
-                                       dt, st, i, e, 0, 0);
-        if (!exact)
-            kept_n = kept_sum(&kept, kept_n, flags & QK_REVERSE ? KEPT_P : KEPT_CODES, &k,
-                              &s.t_lo, &s.t_hi, &s.p32, e == n);
-        else if (exact_packs(flags))
-            kept_n = kept_exact_sum(&kept, kept_n, &k, &s, e == n);
-        if (!exact || exact_packs(flags))
-            s.lp_max = decode(c_max, k.scale, k.min_log_prob);
-        blocks_add(&bp, vf_hmax(s.lp_max), b);
-    }
+    llama_logits_pass2(p_row, q, dt, st, n, flags, &k, &s, &bp);
     const side_values pv = codes_side(p_row, k.scale, k.min_log_prob);
     topk_of_blocks(&tp, &bp, &pv, n);
     const double sum_p = exact ? mass_of(&s.p)
@@ -395,41 +453,14 @@ QK_INLINE void llama_logits_row(const uint16_t *p_row, const void *q, int dt, pt
         return;
     }
     double kld = vd_hsum(widened_sum(s.t_lo, s.t_hi)) + (lse - lse_hi) * sum_p;
+    double r = -vd_hsum(widened_sum(s.r_lo, s.r_hi));
     const float y_tok = qk_logit_at(q, dt, st, tok);
     const uint16_t c_tok = qk_code(p_row, tok);
-    /* The base's tail (exact mode, or the reverse KL in either): its log p
-     * from add_mass_g's mass, within mass_error of the float64 one; where
-     * that error, through what reads the tail (the exact KL's tail terms,
-     * the token's NLL, Q's mass there), could reach a twentieth of the
-     * contract, from float64 exps instead. q = e * exp(-(lse - lse_hi)): the
-     * reverse terms' lq is lse - lse_hi too high. */
-    const double q_scale = exp(-(lse - lse_hi)), lse_lo = lse - lse_hi, mlp = h.min_log_prob;
-    const double tail_n = (double)s.tail_n, ys = vd_hsum(widened_sum(s.y_lo, s.y_hi));
-    const double re = vd_hsum(widened_sum(s.re_lo, s.re_hi));
-    double r = -vd_hsum(widened_sum(s.r_lo, s.r_hi)), c_tail = -INFINITY;
-    if (s.tail_n > 0) {
-        const double mass = mass_of(&s.p), err = tail_error(mass, mass_error(&s.p), tail_n, mlp);
-        c_tail = qk_tail_log_prob(1.0 - mass, tail_n, mlp);
-        int precise = 0;
-        if (exact) {
-            const double w = exp(c_tail), tail_kld = w * (tail_n * (c_tail + lse) - ys);
-            precise = tail_could_matter(err * fabs(w * (tail_n * (c_tail + lse + 1.0) - ys)),
-                                        kld + tail_kld, 1e-6) ||
-                      (c_tok == 0 && y_tok > -INFINITY && tail_could_matter(err, c_tail, 1e-7));
-        }
-        if (flags & QK_REVERSE)
-            precise = precise || tail_could_matter(err * q_scale * re,
-                                                   q_scale * (r - (c_tail - mlp) * re) - lse_lo,
-                                                   1e-6);
-        if (precise)
-            c_tail = qk_tail_log_prob(1.0 - mass64(p_row, &h, n), tail_n, mlp);
-        if (exact)
-            kld += exp(c_tail) * (tail_n * (c_tail + lse) - ys);
-        r -= (c_tail - mlp) * re;
-    }
+    const double c_tail = llama_logits_tail(&s, p_row, &h, n, flags, lse, lse_hi, y_tok, c_tok,
+                                            &kld, &r);
     out->kld = vm_bits(s.inf) ? INFINITY : kld;
     if (flags & QK_REVERSE)
-        out->rkl = q_scale * r - lse_lo;
+        out->rkl = exp(-(lse - lse_hi)) * r - (lse - lse_hi);
     if (flags & QK_JS)
         out->js = js_of(&s.js, 1.0, -(lse - lse_hi));
     out->nll_q = ((double)nq.max - y_tok) + lse;
@@ -446,19 +477,25 @@ QK_INLINE void llama_logits_row(const uint16_t *p_row, const void *q, int dt, pt
      int64_t tok, int mode, qk_row *out)
 #define QK_LQ_ARGS (p_row, q, q_dtype, q_stride, n_vocab, tok, mode, out)
 #define QK_LQ_F32(F) llama_logits_row(p_row, q, QK_F32, 1, n_vocab, tok, F, out)
+#define QK_LQ_CONTIGUOUS(F) llama_logits_row(p_row, q, q_dtype, 1, n_vocab, tok, F, out)
 #define QK_LQ_ANY(F) llama_logits_row(p_row, q, q_dtype, q_stride, n_vocab, tok, F, out)
 #ifndef QK_FEW_COPIES
 QK_FLAG_COPIES(llama_logits_f32, QK_LQ_PARAMS, QK_LQ_F32)
 #endif
 QK_MODE_COPIES(llama_logits_any, QK_LQ_PARAMS, QK_LQ_ANY)
-QK_JS_COPIES(llama_logits, QK_LQ_PARAMS, QK_LQ_ANY)
+QK_JS_COPIES(llama_logits, QK_LQ_PARAMS, QK_LQ_CONTIGUOUS)
+QK_JS_STRIDED_COPY(llama_logits, QK_LQ_PARAMS, QK_LQ_ANY)
 
 void QK_NAME(qk_score_llama_logits)(const uint16_t *p_row, const void *q, int q_dtype,
                                     ptrdiff_t q_stride, int64_t n_vocab, int64_t tok, int mode,
                                     qk_row *out)
 {
-    if (mode & QK_JS)
-        QK_BY_MODE_JS(llama_logits, QK_LQ_ARGS);
+    if (mode & QK_JS) {
+        if (q_stride != 1)
+            copy_llama_logits_js_strided QK_LQ_ARGS;
+        else
+            QK_BY_MODE_JS(llama_logits, QK_LQ_ARGS);
+    }
 #ifndef QK_FEW_COPIES
     else if (q_dtype == QK_F32 && q_stride == 1)
         QK_BY_FLAGS(llama_logits_f32, QK_LQ_ARGS);

@@ -183,6 +183,7 @@ QK_INLINE void logits_logits_row(const void *p, int dp, ptrdiff_t sp, const void
 #define QK_LL_F32(F) QK_LL_SAME(QK_F32, F)
 #define QK_LL_F16(F) QK_LL_SAME(QK_F16, F)
 #define QK_LL_BF16(F) QK_LL_SAME(QK_BF16, F)
+#define QK_LL_CONTIGUOUS(F) logits_logits_row(p, p_dtype, 1, q, q_dtype, 1, n_vocab, tok, F, out)
 #define QK_LL_ANY(F)                                                                               \
     logits_logits_row(p, p_dtype, p_stride, q, q_dtype, q_stride, n_vocab, tok, F, out)
 #ifndef QK_FEW_COPIES
@@ -191,18 +192,23 @@ QK_FLAG_COPIES(logits_f16, QK_LL_PARAMS, QK_LL_F16)
 QK_FLAG_COPIES(logits_bf16, QK_LL_PARAMS, QK_LL_BF16)
 #endif
 QK_MODE_COPIES(logits_any, QK_LL_PARAMS, QK_LL_ANY)
-QK_JS_COPIES(logits_logits, QK_LL_PARAMS, QK_LL_ANY)
+QK_JS_COPIES(logits_logits, QK_LL_PARAMS, QK_LL_CONTIGUOUS)
+QK_JS_STRIDED_COPY(logits_logits, QK_LL_PARAMS, QK_LL_ANY)
 
 void QK_NAME(qk_score_logits_logits)(const void *p, int p_dtype, ptrdiff_t p_stride, const void *q,
                                      int q_dtype, ptrdiff_t q_stride, int64_t n_vocab, int64_t tok,
                                      int mode, qk_row *out)
 {
+    const int contiguous = p_stride == 1 && q_stride == 1;
     if (mode & QK_JS) {
-        QK_BY_MODE_JS(logits_logits, QK_LL_ARGS);
+        if (contiguous)
+            QK_BY_MODE_JS(logits_logits, QK_LL_ARGS);
+        else
+            copy_logits_logits_js_strided QK_LL_ARGS;
         return;
     }
 #ifndef QK_FEW_COPIES
-    if (p_stride == 1 && q_stride == 1 && p_dtype == q_dtype) {
+    if (contiguous && p_dtype == q_dtype) {
         if (p_dtype == QK_F32)
             QK_BY_FLAGS(logits_f32, QK_LL_ARGS);
         else if (p_dtype == QK_F16)
