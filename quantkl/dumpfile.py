@@ -48,8 +48,13 @@ class LogitDump:
     """
 
     def __init__(self, path: str | os.PathLike):
+        from .kldz import is_kldz
         self.path = os.fspath(path)
         size = regular_file_size(self.path, "logits file", DumpError)
+        self._kldz = self._map = None
+        if is_kldz(self.path):
+            self._open_kldz(size)
+            return
         try:
             f = open(self.path, "rb")
         except OSError as e:
@@ -75,15 +80,46 @@ class LogitDump:
             self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
             self._fd = os.dup(f.fileno())  # to notice the file shrinking under us
         self.tokens = np.frombuffer(self._map, np.int32, n_ctx * n_chunk, HEADER.size)
-        bad = np.flatnonzero((self.tokens < 0) | (self.tokens >= n_vocab))
-        if bad.size:
-            i, tok = int(bad[0]), int(self.tokens[bad[0]])
-            self.close()
-            raise DumpError(f"{self.path}: token {tok} at position {i % n_ctx} of "
-                            f"chunk {i // n_ctx + 1} is outside the vocabulary [0, {n_vocab})")
+        self._check_tokens()
         self._rows = np.frombuffer(self._map, np.uint16, self.n_rows * self.row_width,
                                    self.rows_offset).reshape(self.n_rows, self.row_width)
         self._resident: Optional[Tuple[int, int]] = None
+
+    def _open_kldz(self, size: int) -> None:
+        """The same file compressed (quantkl.kldz): rows come from its blocks."""
+        from .kldz import KldzReader
+        z = self._kldz = KldzReader(self.path)
+        self.size = size
+        self.n_ctx, self.n_vocab, self.n_chunk = z.n_ctx, z.n_vocab, z.n_chunk
+        self.rows_per_chunk, self.row_width = z.rows_per_chunk, z.row_width
+        self._fd = os.dup(z.fileno())
+        self.tokens = np.frombuffer(z.prefix, np.int32, self.n_ctx * self.n_chunk, HEADER.size)
+        self._check_tokens()
+        self._rows = None
+        self._resident = None
+
+    def _check_tokens(self) -> None:
+        bad = np.flatnonzero((self.tokens < 0) | (self.tokens >= self.n_vocab))
+        if bad.size:
+            i, tok = int(bad[0]), int(self.tokens[bad[0]])
+            self.close()
+            raise DumpError(f"{self.path}: token {tok} at position {i % self.n_ctx} of "
+                            f"chunk {i // self.n_ctx + 1} is outside the vocabulary "
+                            f"[0, {self.n_vocab})")
+
+    @property
+    def compressed(self) -> bool:
+        """Whether this is a .kldz (rows decompressed a piece at a time)."""
+        return self._kldz is not None
+
+    def compression(self) -> Optional[str]:
+        """A .kldz's codec, level and blocks, in words (None for a .kld)."""
+        z = self._kldz
+        if z is None:
+            return None
+        return (f"zstd level {z.level}, {len(z.blocks)} blocks of up to {z.rows_per_block} rows, "
+                f"{self.size / (self.rows_offset + 2 * self.row_width * self.n_rows):.3f} of "
+                f"the .kld")
 
     # --- layout ------------------------------------------------------------
     @property
@@ -140,10 +176,13 @@ class LogitDump:
         if not 0 <= lo < hi <= self.rows_per_chunk:
             raise IndexError(f"rows {lo}:{hi} out of range 0:{self.rows_per_chunk}")
         self.check_unchanged()
-        r0 = c * self.rows_per_chunk
-        self._release_previous((r0 + lo, r0 + hi))
         first = self.n_ctx // 2
-        rows = LlamaRows(self._rows[r0 + lo:r0 + hi], self.n_vocab)
+        if self._kldz is not None:
+            rows = LlamaRows(self._kldz.read_rows(c, lo, hi), self.n_vocab)
+        else:
+            r0 = c * self.rows_per_chunk
+            self._release_previous((r0 + lo, r0 + hi))
+            rows = LlamaRows(self._rows[r0 + lo:r0 + hi], self.n_vocab)
         return Chunk(c, rows, np.ascontiguousarray(self.chunk_tokens(c)[first + 1 + lo:
                                                                         first + 1 + hi]))
 
@@ -157,8 +196,20 @@ class LogitDump:
         return self.tokens.reshape(self.n_chunk, self.n_ctx)[:, first + 1:].reshape(-1).copy()
 
     def all_rows(self) -> LlamaRows:
-        """Every row as one LlamaRows view (memory-mapped, not loaded)."""
+        """Every row as one LlamaRows view (memory-mapped, not loaded); a
+        .kldz is read a piece at a time instead (``piece``)."""
+        if self._kldz is not None:
+            raise DumpError(f"{self.path}: a .kldz is read a piece at a time (piece(), "
+                            f"chunks()); quantkl unpack makes the .kld")
         return LlamaRows(self._rows, self.n_vocab)
+
+    def sample_rows(self, rows: Sequence[int]) -> LlamaRows:
+        """The rows at these indices (over all chunks), copied."""
+        if self._kldz is None:
+            return LlamaRows(self._rows[list(rows)], self.n_vocab)
+        r = self.rows_per_chunk
+        return LlamaRows(np.concatenate([self._kldz.read_rows(i // r, i % r, i % r + 1)
+                                         for i in rows]), self.n_vocab)
 
     def _release_previous(self, rows: Tuple[int, int]) -> None:
         # Pages of rows already scored are file-backed and clean: dropping
@@ -181,10 +232,13 @@ class LogitDump:
         if getattr(self, "_fd", None) is not None:
             os.close(self._fd)
             self._fd = None
-        try:
-            self._map.close()
-        except BufferError:
-            pass  # views still held by the caller keep the map alive
+        if self._kldz is not None:
+            self._kldz.close()
+        if self._map is not None:
+            try:
+                self._map.close()
+            except BufferError:
+                pass  # views still held by the caller keep the map alive
 
     def __enter__(self) -> "LogitDump":
         return self
@@ -318,6 +372,7 @@ class DumpInfo:
     rows_checked: int = 0
     corrupt_rows: Optional[List[str]] = None  # "row 70 (chunk 2)", at most a few
     n_corrupt: int = 0
+    compression: Optional[str] = None  # a .kldz's codec, level and blocks
 
     def lines(self) -> List[tuple]:
         out = [("file", f"{self.path} ({self.size:,} bytes)")]
@@ -325,12 +380,14 @@ class DumpInfo:
             n_ctx, n_vocab, n_chunk = self.header
             r = scored_rows_per_chunk(n_ctx)
             width = llama_row_width(n_vocab)
-            out += [("format", "llama.cpp logits (_logits_)"),
+            fmt = ("llama.cpp logits (_logits_)" if self.compression is None else
+                   f"quantkl .kldz of llama.cpp logits ({self.compression})")
+            out += [("format", fmt),
                     ("n_ctx", str(n_ctx)), ("n_vocab", f"{n_vocab:,}"),
                     ("chunks", f"{n_chunk} ({r} scored rows each, {n_chunk * r:,} rows)"),
                     ("row", f"{width:,} uint16 ({2 * width:,} bytes)"),
-                    ("expected", f"{HEADER.size + 4 * n_ctx * n_chunk + 2 * width * r * n_chunk:,}"
-                                 f" bytes")]
+                    ("unpacked" if self.compression else "expected",
+                     f"{HEADER.size + 4 * n_ctx * n_chunk + 2 * width * r * n_chunk:,} bytes")]
         if self.tokens_sample is not None:
             out.append(("tokens", ", ".join(map(str, self.tokens_sample)) + ", ..."))
         if self.rows_checked:
@@ -352,7 +409,7 @@ def check_sample(dump: LogitDump, info: DumpInfo, n_random: int = 64,
     rows = sorted(rows)
     if len(rows) > limit:
         rows = [rows[i] for i in np.linspace(0, len(rows) - 1, limit).astype(int)]
-    status = check_llama_rows(LlamaRows(dump.all_rows().rows[rows], dump.n_vocab))
+    status = check_llama_rows(dump.sample_rows(rows))
     bad = [rows[i] for i in np.flatnonzero(status)]
     info.rows_checked, info.n_corrupt = len(rows), len(bad)
     if bad:
@@ -370,6 +427,8 @@ def inspect_dump(path: str | os.PathLike) -> DumpInfo:
         with LogitDump(path) as d:
             info.header = (d.n_ctx, d.n_vocab, d.n_chunk)
             info.tokens_sample = d.tokens[:16].tolist()
+            if d.compressed:
+                info.compression = d.compression()
             check_sample(d, info)
         return info
     except DumpError as e:

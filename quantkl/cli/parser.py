@@ -7,7 +7,7 @@ from typing import List
 
 from .. import __version__
 from ..runner import FLASH_ATTN, KV_CACHE_TYPES
-from . import cmd_inspect, cmd_kld, cmd_reports, cmd_tasks
+from . import cmd_inspect, cmd_kld, cmd_pack, cmd_reports, cmd_tasks
 from .console import EXIT_BAD_INPUT
 
 
@@ -135,8 +135,26 @@ def build_parser() -> argparse.ArgumentParser:
     mg.set_defaults(func=cmd_kld.cmd_merge)
 
     i = sub.add_parser("info", parents=[common], help="describe a logits file")
-    i.add_argument("file", metavar="FILE.kld")
+    i.add_argument("file", metavar="FILE.kld|FILE.kldz")
     i.set_defaults(func=cmd_inspect.cmd_info)
+
+    pk = sub.add_parser("pack", parents=[common], help="compress a logits file losslessly",
+                        description="Write BASE.kld's rows, bit for bit, as a .kldz: zstandard "
+                                    "blocks of up to 32 MB of one chunk's rows, an index and "
+                                    "checksums. Every command that reads a dump reads it.")
+    pk.add_argument("file", metavar="BASE.kld")
+    pk.add_argument("-o", "--output", required=True, metavar="BASE.kldz")
+    pk.add_argument("--level", type=positive_int, default=3,
+                    help="zstandard level, 1-22 (default 3; 19 is 8 %% smaller, 100x slower)")
+    pk.add_argument("-f", "--force", action="store_true", help="overwrite the output")
+    pk.set_defaults(func=cmd_pack.cmd_pack)
+
+    up = sub.add_parser("unpack", parents=[common], help="restore a .kldz to its .kld",
+                        description="Write the .kld a .kldz was packed from, byte for byte.")
+    up.add_argument("file", metavar="BASE.kldz")
+    up.add_argument("-o", "--output", required=True, metavar="BASE.kld")
+    up.add_argument("-f", "--force", action="store_true", help="overwrite the output")
+    up.set_defaults(func=cmd_pack.cmd_unpack)
 
     qz = sub.add_parser("quantize", parents=[common], help="make a quant with llama.cpp",
                         description="Quantize MODEL (requantizing allowed) to TYPE.")

@@ -1,0 +1,286 @@
+"""``.kldz``: a llama.cpp logits file, lossless, compressed in independent blocks.
+
+A ``.kld`` holds its header and token list, then n_chunk x rows_per_chunk
+rows of (n_vocab + 4) uint16. A ``.kldz`` holds the same bytes: the header
+and token list verbatim (the "prefix"), then the rows in blocks of at most
+``block_rows`` rows of one chunk, each a zstandard frame, then an index of
+the blocks and a footer. Any row range is read by decompressing only the
+blocks it touches, so ``--chunks``, shards and 64 MB pieces work as on a
+``.kld``, and ``unpack`` restores the original file byte for byte.
+
+Layout (little-endian):
+
+    header   magic "quantklz", version u32, codec u32 (1: zstd), level i32,
+             block_rows u32, prefix_bytes u64, prefix crc32 u32
+    prefix   the .kld's header and token list
+    blocks   zstd frames, in chunk and row order
+    index    per block: offset u64, size u64, chunk u32, first row u32,
+             rows u32, crc32 of the rows u32
+    footer   index offset u64, blocks u32, index crc32 u32, magic
+
+Checksums are CRC-32 (zlib): of the prefix, of each block's decompressed
+rows, of the index. The reader checks the header, the footer, the index
+(offsets in the file and increasing, every chunk covered in order) and the
+prefix before anything is scored, and each block's checksum as it is read.
+docs/formats.md describes the format and why zstandard at level 3.
+"""
+from __future__ import annotations
+
+import os
+import struct
+import threading
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+from typing import List, NamedTuple, Optional
+
+import numpy as np
+
+from .arrays import llama_row_width
+from .dumpfile import HEADER, MAGIC, DumpError, LogitDump, scored_rows_per_chunk
+from .files import check_output_path, named_errors, regular_file_size, written_whole
+
+KLDZ_MAGIC = b"quantklz"
+VERSION = 1
+CODEC_ZSTD = 1
+DEFAULT_LEVEL = 3
+# Rows per block: up to 32 MB of rows, half of the pieces scoring reads, so
+# that a piece's two blocks decompress on two threads.
+BLOCK_BYTES = 32 << 20
+FILE_HEADER = struct.Struct("<8sIIiIQI")
+INDEX_ENTRY = struct.Struct("<QQIIII")
+FOOTER = struct.Struct("<QII8s")
+
+
+class Block(NamedTuple):
+    offset: int
+    size: int
+    chunk: int
+    first_row: int
+    rows: int
+    crc: int
+
+
+def is_kldz(path: str) -> bool:
+    """Whether the file at ``path`` starts with the .kldz magic."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(len(KLDZ_MAGIC)) == KLDZ_MAGIC
+    except OSError:
+        return False
+
+
+def _zstd():
+    try:
+        import zstandard
+    except ImportError:
+        raise DumpError("reading or writing .kldz files needs the zstandard package: "
+                        "pip install zstandard") from None
+    return zstandard
+
+
+def block_rows_for(row_width: int) -> int:
+    return max(1, BLOCK_BYTES // (2 * row_width))
+
+
+def pack(src: str, dst: str, *, level: int = DEFAULT_LEVEL, threads: Optional[int] = None,
+         force: bool = False, on_chunk=None) -> None:
+    """Write ``dst`` (.kldz) holding ``src`` (.kld) losslessly; ``dst`` appears
+    whole or not at all."""
+    zstandard = _zstd()
+    if not 1 <= level <= 22:
+        raise ValueError(f"--level must be in 1..22, got {level}")
+    check_output_path(dst, force)
+    threads = threads or os.cpu_count() or 1
+    with LogitDump(src) as dump, open(src, "rb") as f:
+        if dump.compressed:
+            raise ValueError(f"{src} is a .kldz already")
+        prefix = f.read(dump.rows_offset)
+        rows_per_block = block_rows_for(dump.row_width)
+        jobs = [(c, lo, min(lo + rows_per_block, dump.rows_per_chunk))
+                for c in range(dump.n_chunk) for lo in range(0, dump.rows_per_chunk,
+                                                             rows_per_block)]
+        local = threading.local()  # a ZstdCompressor serves one thread at a time
+
+        def compress(job):
+            c, lo, hi = job
+            if not hasattr(local, "compressor"):
+                local.compressor = zstandard.ZstdCompressor(level=level)
+            raw = memoryview(_chunk_rows(dump, c, lo, hi))
+            return zlib.crc32(raw), local.compressor.compress(raw)
+
+        with written_whole(dst) as (partial,), named_errors(partial), open(partial, "wb") as out:
+            out.write(FILE_HEADER.pack(KLDZ_MAGIC, VERSION, CODEC_ZSTD, level, rows_per_block,
+                                       len(prefix), zlib.crc32(prefix)))
+            out.write(prefix)
+            index: List[Block] = []
+            with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
+                for (c, lo, hi), (crc, data) in zip(jobs, pool.map(compress, jobs)):
+                    index.append(Block(out.tell(), len(data), c, lo, hi - lo, crc))
+                    out.write(data)
+                    if on_chunk and hi == dump.rows_per_chunk:
+                        on_chunk(c + 1, dump.n_chunk)
+            index_offset = out.tell()
+            table = b"".join(INDEX_ENTRY.pack(*b) for b in index)
+            out.write(table)
+            out.write(FOOTER.pack(index_offset, len(index), zlib.crc32(table), KLDZ_MAGIC))
+
+
+def _chunk_rows(dump: LogitDump, c: int, lo: int, hi: int) -> np.ndarray:
+    """Rows lo..hi-1 of chunk c of a .kld as its bytes (a view of the map)."""
+    r0 = c * dump.rows_per_chunk
+    return dump.all_rows().rows[r0 + lo:r0 + hi]
+
+
+class KldzReader:
+    """The blocks of a .kldz: its prefix (the .kld's header and token list)
+    checked, its index checked, and any row range of a chunk decompressed on
+    request."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.size = regular_file_size(path, "logits file", DumpError)
+        self._zstandard = _zstd()
+        try:
+            self._f = open(path, "rb")
+        except OSError as e:
+            raise DumpError(f"{path}: cannot open: {e.strerror}") from None
+        try:
+            self._read_layout()
+        except BaseException:
+            self._f.close()
+            raise
+
+    def _fail(self, what: str) -> DumpError:
+        return DumpError(f"{self.path}: {what}")
+
+    def _read_at(self, offset: int, n: int) -> bytes:
+        if offset + n > self.size:
+            raise self._fail(f"damaged: {n:,} bytes at {offset:,} would run past its end "
+                             f"({self.size:,} bytes)")
+        self._f.seek(offset)
+        data = self._f.read(n)
+        if len(data) != n:
+            raise self._fail(f"truncated: {n} bytes at {offset} are past its end ({self.size} "
+                             f"bytes)")
+        return data
+
+    def _read_layout(self) -> None:
+        if self.size < FILE_HEADER.size + FOOTER.size:
+            raise self._fail(f"truncated .kldz ({self.size} bytes)")
+        magic, version, codec, level, rows_per_block, prefix_bytes, prefix_crc = \
+            FILE_HEADER.unpack(self._read_at(0, FILE_HEADER.size))
+        if magic != KLDZ_MAGIC:
+            raise self._fail(f"not a .kldz file (starts with {magic!r})")
+        if version != VERSION:
+            raise self._fail(f".kldz version {version}; this quantkl reads version {VERSION}")
+        if codec != CODEC_ZSTD:
+            raise self._fail(f"unknown .kldz codec {codec}")
+        self.level, self.rows_per_block = level, rows_per_block
+        index_offset, n_blocks, index_crc, end_magic = FOOTER.unpack(
+            self._read_at(self.size - FOOTER.size, FOOTER.size))
+        if end_magic != KLDZ_MAGIC:
+            raise self._fail("truncated or damaged: the footer is missing (was the file cut "
+                             "short while being written?)")
+        table_bytes = n_blocks * INDEX_ENTRY.size
+        if index_offset + table_bytes + FOOTER.size != self.size:
+            raise self._fail(f"damaged index: {n_blocks} blocks at offset {index_offset} do not "
+                             f"end where the footer starts")
+        table = self._read_at(index_offset, table_bytes)
+        if zlib.crc32(table) != index_crc:
+            raise self._fail("damaged index (checksum mismatch)")
+        prefix = self._read_at(FILE_HEADER.size, prefix_bytes)
+        if zlib.crc32(prefix) != prefix_crc:
+            raise self._fail("damaged header or token list (checksum mismatch)")
+        if len(prefix) < HEADER.size or prefix[:8] != MAGIC:
+            raise self._fail("damaged: the stored llama.cpp header is not one")
+        _, n_ctx, n_vocab, n_chunk = HEADER.unpack(prefix[:HEADER.size])
+        if n_ctx < 3 or n_vocab < 1 or n_chunk < 1 or \
+                prefix_bytes != HEADER.size + 4 * n_ctx * n_chunk:
+            raise self._fail(f"impossible stored header n_ctx={n_ctx}, n_vocab={n_vocab}, "
+                             f"n_chunk={n_chunk}")
+        self.prefix = prefix
+        self.n_ctx, self.n_vocab, self.n_chunk = n_ctx, n_vocab, n_chunk
+        self.rows_per_chunk = scored_rows_per_chunk(n_ctx)
+        self.row_width = llama_row_width(n_vocab)
+        self.blocks = [Block(*INDEX_ENTRY.unpack_from(table, i * INDEX_ENTRY.size))
+                       for i in range(n_blocks)]
+        self._check_index(FILE_HEADER.size + prefix_bytes, index_offset)
+        self._first = {}  # (chunk, first row) -> block number
+        for i, b in enumerate(self.blocks):
+            self._first[(b.chunk, b.first_row)] = i
+
+    def _check_index(self, data_start: int, data_end: int) -> None:
+        at, chunk, row = data_start, 0, 0
+        for i, b in enumerate(self.blocks):
+            where = f"block {i} (chunk {b.chunk + 1})"
+            if b.offset != at or b.size < 1 or b.offset + b.size > data_end:
+                raise self._fail(f"damaged index: {where} is at bytes {b.offset}+{b.size}, "
+                                 f"expected to start at {at}")
+            if (b.chunk, b.first_row) != (chunk, row) or b.rows < 1 or \
+                    b.first_row + b.rows > self.rows_per_chunk:
+                raise self._fail(f"damaged index: {where} holds rows {b.first_row}+{b.rows}; "
+                                 f"expected chunk {chunk + 1} from row {row}")
+            at += b.size
+            row += b.rows
+            if row == self.rows_per_chunk:
+                chunk, row = chunk + 1, 0
+        if (chunk, row) != (self.n_chunk, 0) or at != data_end:
+            raise self._fail(f"damaged index: its blocks cover {chunk} of {self.n_chunk} chunks")
+
+    def read_rows(self, c: int, lo: int, hi: int, threads: int = 2) -> np.ndarray:
+        """Rows lo..hi-1 of chunk c as a (hi - lo, row_width) uint16 array."""
+        out = np.empty((hi - lo, self.row_width), np.uint16)
+        first = lo - lo % self.rows_per_block
+        numbers = [self._first[(c, r)] for r in range(first, hi, self.rows_per_block)]
+
+        def one(i):
+            b = self.blocks[i]
+            raw = self._decompress(i, b)
+            rows = np.frombuffer(raw, np.uint16).reshape(b.rows, self.row_width)
+            a, z = max(lo, b.first_row), min(hi, b.first_row + b.rows)
+            out[a - lo:z - lo] = rows[a - b.first_row:z - b.first_row]
+
+        if len(numbers) > 1 and threads > 1:
+            with ThreadPoolExecutor(max_workers=min(threads, len(numbers))) as pool:
+                list(pool.map(one, numbers))
+        else:
+            for i in numbers:
+                one(i)
+        return out
+
+    def _decompress(self, i: int, b: Block) -> bytes:
+        where = f"block {i} (chunk {b.chunk + 1}, rows {b.first_row}..{b.first_row + b.rows - 1})"
+        data = os.pread(self._f.fileno(), b.size, b.offset)
+        if len(data) != b.size:
+            raise self._fail(f"truncated in {where}")
+        want = b.rows * self.row_width * 2
+        try:
+            raw = self._zstandard.ZstdDecompressor().decompress(data, max_output_size=want)
+        except self._zstandard.ZstdError as e:
+            raise self._fail(f"damaged {where}: {e}") from None
+        if len(raw) != want:
+            raise self._fail(f"damaged {where}: {len(raw)} bytes of rows, expected {want}")
+        if zlib.crc32(raw) != b.crc:
+            raise self._fail(f"damaged {where} (checksum mismatch)")
+        return raw
+
+    def fileno(self) -> int:
+        return self._f.fileno()
+
+    def close(self) -> None:
+        self._f.close()
+
+
+def unpack(src: str, dst: str, *, force: bool = False, on_chunk=None) -> None:
+    """Write ``dst`` (.kld) from ``src`` (.kldz): the original file, byte for byte."""
+    check_output_path(dst, force)
+    reader = KldzReader(src)
+    try:
+        with written_whole(dst) as (partial,), named_errors(partial), open(partial, "wb") as out:
+            out.write(reader.prefix)
+            for i, b in enumerate(reader.blocks):
+                out.write(reader._decompress(i, b))
+                if on_chunk and b.first_row + b.rows == reader.rows_per_chunk:
+                    on_chunk(b.chunk + 1, reader.n_chunk)
+    finally:
+        reader.close()
