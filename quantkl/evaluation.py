@@ -103,12 +103,29 @@ def dump_base(model: str | os.PathLike, text: "EvalText | str | os.PathLike | Se
               out: str | os.PathLike, *,
               n_ctx: int = 512, chunks: Optional[int] = None,
               options: Optional[ModelOptions] = None,
-              on_chunk: Optional[ChunkCallback] = None, verbose: bool = False) -> BasePerplexity:
+              on_chunk: Optional[ChunkCallback] = None, verbose: bool = False,
+              compress: bool = False) -> BasePerplexity:
     """Write the base model's llama.cpp logits file for a text; return its perplexity.
 
     ``text`` says what is evaluated (text files, or chat conversations put
     through the model's own template); a description of it is written beside
-    the dump (``OUT.input.json``) and copied into later scores' records."""
+    the dump (``OUT.input.json``) and copied into later scores' records.
+    ``compress`` writes a .kldz (quantkl.kldz), through a .kld beside it that
+    is removed once packed."""
+    if compress:
+        from .inputs import description_path
+        from .kldz import pack
+        rows = os.fspath(out) + ".rows.partial"
+        try:
+            ppl = dump_base(model, text, rows, n_ctx=n_ctx, chunks=chunks, options=options,
+                            on_chunk=on_chunk, verbose=verbose)
+            pack(rows, os.fspath(out), force=True)
+            os.replace(description_path(rows), description_path(out))
+        finally:
+            for p in (rows, description_path(rows)):
+                if os.path.exists(p):
+                    os.unlink(p)
+        return ppl
     if not isinstance(text, EvalText):
         text = EvalText([text] if isinstance(text, (str, os.PathLike)) else text)
     with ModelRunner(model, n_ctx, options, verbose) as runner:

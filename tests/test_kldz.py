@@ -153,3 +153,17 @@ def test_a_failed_pack_leaves_nothing(golden, tmp_path, monkeypatch):
     with pytest.raises(OSError):
         kldz.pack(str(golden / NAME), str(tmp_path / "x.kldz"))
     assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.slow
+def test_dump_compress_writes_the_packed_dump(smollm2, tmp_path, capsys):
+    plain, packed = tmp_path / "b.kld", tmp_path / "b.kldz"
+    args = [smollm2, "--ctx", "128", "--chunks", "2", "-q"]
+    assert main(["dump", *args, "-o", str(plain)]) == 0
+    assert main(["dump", *args, "-o", str(packed), "--compress"]) == 0
+    kldz.unpack(str(packed), str(tmp_path / "back.kld"))
+    assert filecmp.cmp(plain, tmp_path / "back.kld", shallow=False)
+    assert sorted(os.listdir(tmp_path)) == ["b.kld", "b.kld.input.json", "b.kldz",
+                                            "b.kldz.input.json", "back.kld"]
+    out = capsys.readouterr().out
+    assert out.count("Final estimate: PPL") == 2

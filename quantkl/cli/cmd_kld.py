@@ -26,7 +26,8 @@ def cmd_dump(args) -> int:
     progress = Progress(args.quiet, "dump")
     try:
         ppl = dump_base(model, text, args.output, n_ctx=args.ctx, chunks=args.chunks,
-                        options=model_options(args), on_chunk=progress, verbose=args.debug)
+                        options=model_options(args), on_chunk=progress, verbose=args.debug,
+                        compress=args.compress)
     finally:
         progress.close()
     say(args, f"wrote {args.output}: {ppl.count} scored tokens from {os.path.basename(model)} "
