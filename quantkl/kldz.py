@@ -175,6 +175,8 @@ class KldzReader:
             raise self._fail(f".kldz version {version}; this quantkl reads version {VERSION}")
         if codec != CODEC_ZSTD:
             raise self._fail(f"unknown .kldz codec {codec}")
+        if rows_per_block < 1:
+            raise self._fail(f"damaged header: {rows_per_block} rows per block")
         self.level, self.rows_per_block = level, rows_per_block
         index_offset, n_blocks, index_crc, end_magic = FOOTER.unpack(
             self._read_at(self.size - FOOTER.size, FOOTER.size))
@@ -216,8 +218,8 @@ class KldzReader:
             if b.offset != at or b.size < 1 or b.offset + b.size > data_end:
                 raise self._fail(f"damaged index: {where} is at bytes {b.offset}+{b.size}, "
                                  f"expected to start at {at}")
-            if (b.chunk, b.first_row) != (chunk, row) or b.rows < 1 or \
-                    b.first_row + b.rows > self.rows_per_chunk:
+            if (b.chunk, b.first_row) != (chunk, row) or \
+                    b.rows != min(self.rows_per_block, self.rows_per_chunk - row):
                 raise self._fail(f"damaged index: {where} holds rows {b.first_row}+{b.rows}; "
                                  f"expected chunk {chunk + 1} from row {row}")
             at += b.size
@@ -235,9 +237,12 @@ class KldzReader:
 
         def one(i):
             b = self.blocks[i]
-            raw = self._decompress(i, b)
-            rows = np.frombuffer(raw, np.uint16).reshape(b.rows, self.row_width)
             a, z = max(lo, b.first_row), min(hi, b.first_row + b.rows)
+            if (a, z) == (b.first_row, b.first_row + b.rows):  # the whole block: in place
+                self._decompress(i, b, out[a - lo:z - lo])
+                return
+            rows = np.empty((b.rows, self.row_width), np.uint16)
+            self._decompress(i, b, rows)
             out[a - lo:z - lo] = rows[a - b.first_row:z - b.first_row]
 
         if len(numbers) > 1 and threads > 1:
@@ -248,21 +253,29 @@ class KldzReader:
                 one(i)
         return out
 
-    def _decompress(self, i: int, b: Block) -> bytes:
+    def _decompress(self, i: int, b: Block, into: np.ndarray) -> None:
+        """Block i's rows into ``into`` ((b.rows, row_width) uint16, contiguous),
+        checked against its size and checksum."""
         where = f"block {i} (chunk {b.chunk + 1}, rows {b.first_row}..{b.first_row + b.rows - 1})"
         data = os.pread(self._f.fileno(), b.size, b.offset)
         if len(data) != b.size:
             raise self._fail(f"truncated in {where}")
-        want = b.rows * self.row_width * 2
+        buf = memoryview(into).cast("B")
         try:
-            raw = self._zstandard.ZstdDecompressor().decompress(data, max_output_size=want)
+            with self._zstandard.ZstdDecompressor().stream_reader(data) as reader:
+                got = reader.readinto(buf)
+                while got < len(buf):
+                    n = reader.readinto(buf[got:])
+                    if n == 0:
+                        break
+                    got += n
+                extra = reader.read(1)
         except self._zstandard.ZstdError as e:
             raise self._fail(f"damaged {where}: {e}") from None
-        if len(raw) != want:
-            raise self._fail(f"damaged {where}: {len(raw)} bytes of rows, expected {want}")
-        if zlib.crc32(raw) != b.crc:
+        if got != len(buf) or extra:
+            raise self._fail(f"damaged {where}: its rows are not {len(buf):,} bytes")
+        if zlib.crc32(buf) != b.crc:
             raise self._fail(f"damaged {where} (checksum mismatch)")
-        return raw
 
     def fileno(self) -> int:
         return self._f.fileno()
@@ -279,7 +292,9 @@ def unpack(src: str, dst: str, *, force: bool = False, on_chunk=None) -> None:
         with written_whole(dst) as (partial,), named_errors(partial), open(partial, "wb") as out:
             out.write(reader.prefix)
             for i, b in enumerate(reader.blocks):
-                out.write(reader._decompress(i, b))
+                rows = np.empty((b.rows, reader.row_width), np.uint16)
+                reader._decompress(i, b, rows)
+                out.write(rows)
                 if on_chunk and b.first_row + b.rows == reader.rows_per_chunk:
                     on_chunk(b.chunk + 1, reader.n_chunk)
     finally:
