@@ -44,9 +44,11 @@ KLDZ_MAGIC = b"quantklz"
 VERSION = 1
 CODEC_ZSTD = 1
 DEFAULT_LEVEL = 3
-# Rows per block: up to 32 MB of rows, half of the pieces scoring reads, so
-# that a piece's two blocks decompress on two threads.
-BLOCK_BYTES = 32 << 20
+# Rows per block: up to 8 MB of rows, so that a piece of scoring (up to 64
+# MB) spans several blocks that decompress on two threads: compare of two
+# SmolLM2 .kldz ran 1.65x faster than with 32 MB blocks, the size the same to
+# 1e-4 (zstandard's window at level 3 is smaller than either).
+BLOCK_BYTES = 8 << 20
 FILE_HEADER = struct.Struct("<8sIIiIQI")
 INDEX_ENTRY = struct.Struct("<QQIIII")
 FOOTER = struct.Struct("<QII8s")

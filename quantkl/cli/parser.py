@@ -143,7 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     pk = sub.add_parser("pack", parents=[common], help="compress a logits file losslessly",
                         description="Write BASE.kld's rows, bit for bit, as a .kldz: zstandard "
-                                    "blocks of up to 32 MB of one chunk's rows, an index and "
+                                    "blocks of up to 8 MB of one chunk's rows, an index and "
                                     "checksums. Every command that reads a dump reads it.")
     pk.add_argument("file", metavar="BASE.kld")
     pk.add_argument("-o", "--output", required=True, metavar="BASE.kldz")
