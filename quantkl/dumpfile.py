@@ -251,6 +251,29 @@ class LogitDump:
                 f"n_chunk={self.n_chunk})")
 
 
+def dump_prefix(n_ctx: int, n_vocab: int, tokens: Sequence[int] | np.ndarray) -> bytes:
+    """A logits file's header and token list, checked: what its rows follow."""
+    n_ctx, n_vocab = int(n_ctx), int(n_vocab)
+    if not 3 <= n_ctx < 2**32 or not 1 <= n_vocab < 2**31:
+        raise ValueError(f"impossible dump shape n_ctx={n_ctx}, n_vocab={n_vocab}: the file "
+                         f"holds n_ctx as uint32 (at least 3) and n_vocab as int32")
+    tokens = np.asarray(tokens)
+    if tokens.ndim != 1 or len(tokens) == 0 or len(tokens) % n_ctx:
+        raise ValueError(f"tokens must be whole chunks of {n_ctx}, got {len(tokens)}")
+    if tokens.dtype.kind not in "iu":
+        raise TypeError(f"tokens must be integers, got {tokens.dtype}")
+    lo, hi = int(tokens.min()), int(tokens.max())
+    if lo < 0 or hi >= n_vocab:
+        bad = lo if lo < 0 else hi
+        i = int(np.argmax(tokens == bad))
+        raise ValueError(f"token {bad} at position {i % n_ctx} of chunk {i // n_ctx + 1} is "
+                         f"outside the vocabulary [0, {n_vocab})")
+    if len(tokens) // n_ctx >= 2**31:
+        raise ValueError(f"{len(tokens) // n_ctx} chunks: the file holds n_chunk as int32")
+    tokens = np.ascontiguousarray(tokens, dtype="<i4")
+    return HEADER.pack(MAGIC, n_ctx, n_vocab, len(tokens) // n_ctx) + tokens.tobytes()
+
+
 class LogitDumpWriter:
     """Streams a llama.cpp logits file to disk, chunk by chunk.
 
@@ -263,35 +286,18 @@ class LogitDumpWriter:
     def __init__(self, path: str | os.PathLike, n_ctx: int, n_vocab: int,
                  tokens: Sequence[int] | np.ndarray):
         # Everything is checked before the partial file is created.
+        prefix = dump_prefix(n_ctx, n_vocab, tokens)
         n_ctx, n_vocab = int(n_ctx), int(n_vocab)
-        if not 3 <= n_ctx < 2**32 or not 1 <= n_vocab < 2**31:
-            raise ValueError(f"impossible dump shape n_ctx={n_ctx}, n_vocab={n_vocab}: the file "
-                             f"holds n_ctx as uint32 (at least 3) and n_vocab as int32")
-        tokens = np.asarray(tokens)
-        if tokens.ndim != 1 or len(tokens) == 0 or len(tokens) % n_ctx:
-            raise ValueError(f"tokens must be whole chunks of {n_ctx}, got {len(tokens)}")
-        if tokens.dtype.kind not in "iu":
-            raise TypeError(f"tokens must be integers, got {tokens.dtype}")
-        lo, hi = int(tokens.min()), int(tokens.max())
-        if lo < 0 or hi >= n_vocab:
-            bad = lo if lo < 0 else hi
-            i = int(np.argmax(tokens == bad))
-            raise ValueError(f"token {bad} at position {i % n_ctx} of chunk {i // n_ctx + 1} is "
-                             f"outside the vocabulary [0, {n_vocab})")
-        if len(tokens) // n_ctx >= 2**31:
-            raise ValueError(f"{len(tokens) // n_ctx} chunks: the file holds n_chunk as int32")
-        tokens = np.ascontiguousarray(tokens, dtype=np.int32)
         self.path = os.fspath(path)
         check_output_path(self.path)
         self.partial = self.path + ".partial"
         self.n_ctx, self.n_vocab = n_ctx, n_vocab
-        self.n_chunk = len(tokens) // n_ctx
+        self.n_chunk = (len(prefix) - HEADER.size) // (4 * n_ctx)
         self.rows_per_chunk = scored_rows_per_chunk(n_ctx)
         self.row_width = llama_row_width(n_vocab)
         self.rows_written = 0
         self._f = open(self.partial, "wb")
-        self._f.write(HEADER.pack(MAGIC, n_ctx, n_vocab, self.n_chunk))
-        self._f.write(tokens.data)
+        self._f.write(prefix)
         self._f.flush()
         self._rows_at = self._f.tell()
 

@@ -16,7 +16,7 @@ from typing import Callable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .dumpfile import LogitDump, LogitDumpWriter, scored_rows_per_chunk
+from .dumpfile import LogitDump, LogitDumpWriter, dump_prefix, scored_rows_per_chunk
 from .encoding import encode_llama_rows
 from .inputs import EvalText
 from .runner import ModelError, ModelOptions, ModelRunner
@@ -110,22 +110,8 @@ def dump_base(model: str | os.PathLike, text: "EvalText | str | os.PathLike | Se
     ``text`` says what is evaluated (text files, or chat conversations put
     through the model's own template); a description of it is written beside
     the dump (``OUT.input.json``) and copied into later scores' records.
-    ``compress`` writes a .kldz (quantkl.kldz), through a .kld beside it that
-    is removed once packed."""
-    if compress:
-        from .inputs import description_path
-        from .kldz import pack
-        rows = os.fspath(out) + ".rows.partial"
-        try:
-            ppl = dump_base(model, text, rows, n_ctx=n_ctx, chunks=chunks, options=options,
-                            on_chunk=on_chunk, verbose=verbose)
-            pack(rows, os.fspath(out), force=True)
-            os.replace(description_path(rows), description_path(out))
-        finally:
-            for p in (rows, description_path(rows)):
-                if os.path.exists(p):
-                    os.unlink(p)
-        return ppl
+    ``compress`` writes a .kldz (quantkl.kldz) instead, its blocks compressed
+    as they fill."""
     if not isinstance(text, EvalText):
         text = EvalText([text] if isinstance(text, (str, os.PathLike)) else text)
     with ModelRunner(model, n_ctx, options, verbose) as runner:
@@ -134,7 +120,13 @@ def dump_base(model: str | os.PathLike, text: "EvalText | str | os.PathLike | Se
         tokens = tokens[:n_chunk * n_ctx]
         first, per_chunk = runner.first, scored_rows_per_chunk(n_ctx)
         nll = np.empty(n_chunk * per_chunk, np.float32)
-        with LogitDumpWriter(out, n_ctx, runner.n_vocab, tokens) as writer:
+        if compress:
+            from .kldz import KldzWriter
+            writer = KldzWriter(out, dump_prefix(n_ctx, runner.n_vocab, tokens),
+                                threads=runner.threads)
+        else:
+            writer = LogitDumpWriter(out, n_ctx, runner.n_vocab, tokens)
+        with writer:
             encoder = RowEncoder(writer, runner.threads)
             for group in chunk_groups(0, n_chunk, runner.parallel):
                 texts = [tokens[c * n_ctx:(c + 1) * n_ctx] for c in group]

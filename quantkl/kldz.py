@@ -13,7 +13,8 @@ Layout (little-endian):
     header   magic "quantklz", version u32, codec u32 (1: zstd), level i32,
              block_rows u32, prefix_bytes u64, prefix crc32 u32
     prefix   the .kld's header and token list
-    blocks   zstd frames, in chunk and row order
+    blocks   zstd frames, in the order they filled (chunks decoded together
+             interleave); the index lists them in chunk and row order
     index    per block: offset u64, size u64, chunk u32, first row u32,
              rows u32, crc32 of the block's bytes u32
     footer   index offset u64, blocks u32, index crc32 u32, magic
@@ -23,6 +24,7 @@ Checksums are CRC-32 (zlib): of the prefix, of each block's compressed bytes
 rows), of the index. The reader checks the header, the footer, the index
 (offsets in the file and increasing, every chunk covered in order) and the
 prefix before anything is scored, and each block's checksum as it is read.
+KldzWriter streams the file (``dump --compress``, ``pack``).
 docs/formats.md describes the format and why zstandard at level 3.
 """
 from __future__ import annotations
@@ -31,12 +33,13 @@ import os
 import struct
 import threading
 import zlib
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from typing import List, NamedTuple, Optional
 
 import numpy as np
 
-from .arrays import llama_row_width
+from .arrays import LlamaRows, llama_row_width
 from .dumpfile import HEADER, MAGIC, DumpError, LogitDump, scored_rows_per_chunk
 from .files import check_output_path, named_errors, regular_file_size, written_whole
 
@@ -85,53 +88,156 @@ def block_rows_for(row_width: int) -> int:
     return max(1, BLOCK_BYTES // (2 * row_width))
 
 
+class KldzWriter:
+    """Streams a .kldz, rows of each chunk in order (chunks decoded together
+    may interleave): each chunk's rows gather into a block, and a full block
+    is compressed on a small pool of threads and appended as it is done. The
+    file appears under its name only when every chunk is written (written
+    through PATH.partial, removed on any error). Use as a context manager."""
+
+    def __init__(self, path: str, prefix: bytes, *, level: int = DEFAULT_LEVEL,
+                 threads: Optional[int] = None):
+        self._zstandard = _zstd()
+        if not 1 <= level <= 22:
+            raise ValueError(f"--level must be in 1..22, got {level}")
+        if len(prefix) < HEADER.size or prefix[:8] != MAGIC:
+            raise ValueError("a .kldz starts from a llama.cpp logits file's header")
+        _, n_ctx, n_vocab, n_chunk = HEADER.unpack(prefix[:HEADER.size])
+        self.path, self.level = os.fspath(path), level
+        check_output_path(self.path)
+        self.n_chunk, self.rows_per_chunk = n_chunk, scored_rows_per_chunk(n_ctx)
+        self.row_width = llama_row_width(n_vocab)
+        self.rows_per_block = block_rows_for(self.row_width)
+        self._filling = {}  # chunk -> (block buffer or None, rows in it, its first row)
+        self._index: List[Block] = []
+        self._pending = deque()  # (chunk, first row, rows, future of (crc, bytes)), in order
+        self._local = threading.local()
+        self._workers = max(1, threads or os.cpu_count() or 1)
+        self._pool = ThreadPoolExecutor(max_workers=self._workers)
+        self._f = None
+        self._whole = written_whole(self.path)
+        (self.partial,) = self._whole.__enter__()
+        try:
+            self._f = open(self.partial, "wb")
+            with named_errors(self.partial):
+                self._f.write(FILE_HEADER.pack(KLDZ_MAGIC, VERSION, CODEC_ZSTD, level,
+                                               self.rows_per_block, len(prefix),
+                                               zlib.crc32(prefix)))
+                self._f.write(prefix)
+        except BaseException as e:
+            self._abort(e)
+            raise
+
+    def write_rows(self, c: int, lo: int, rows: LlamaRows | np.ndarray) -> None:
+        """Rows lo.. of chunk c, which must follow the rows of c written before."""
+        rows = rows.rows if isinstance(rows, LlamaRows) else np.asarray(rows)
+        if rows.dtype != np.uint16 or rows.ndim != 2 or rows.shape[1] != self.row_width:
+            raise ValueError(f"rows are uint16 (n, {self.row_width}), got {rows.dtype} "
+                             f"{rows.shape}")
+        if not 0 <= c < self.n_chunk:
+            raise ValueError(f"chunk {c} is not one of the {self.n_chunk} chunks of this file")
+        buf, n, first = self._filling.get(c, (None, 0, 0))
+        if lo != first + n or lo + len(rows) > self.rows_per_chunk:
+            raise ValueError(f"rows {lo}.. of chunk {c + 1} come out of order (expected row "
+                             f"{first + n}) or past its {self.rows_per_chunk} rows")
+        at = 0
+        while at < len(rows):
+            if buf is None:
+                buf = np.empty((min(self.rows_per_block, self.rows_per_chunk - first),
+                                self.row_width), np.uint16)
+            take = min(len(buf) - n, len(rows) - at)
+            buf[n:n + take] = rows[at:at + take]
+            n, at = n + take, at + take
+            if n == len(buf):
+                self._submit(c, first, buf)
+                buf, n, first = None, 0, first + n
+        self._filling[c] = (buf, n, first)
+        self._drain(wait=False)
+
+    def _submit(self, c: int, first: int, rows: np.ndarray) -> None:
+        def compress():
+            if not hasattr(self._local, "compressor"):  # one per thread: they are not shared
+                self._local.compressor = self._zstandard.ZstdCompressor(level=self.level)
+            data = self._local.compressor.compress(memoryview(rows).cast("B"))
+            return zlib.crc32(data), data
+        self._pending.append((c, first, len(rows), self._pool.submit(compress)))
+        while len(self._pending) > 2 * self._workers:  # a few blocks in memory at most
+            self._drain(wait=True, most=1)
+
+    def _drain(self, wait: bool, most: Optional[int] = None) -> None:
+        """Append finished blocks in the order they were submitted."""
+        done = 0
+        while self._pending and (wait or self._pending[0][3].done()) and \
+                (most is None or done < most):
+            c, first, rows, future = self._pending.popleft()
+            crc, data = future.result()
+            with named_errors(self.partial):
+                offset = self._f.tell()
+                self._f.write(data)
+            self._index.append(Block(offset, len(data), c, first, rows, crc))
+            done += 1
+
+    def chunk_done(self, c: int) -> bool:
+        _, n, first = self._filling.get(c, (None, 0, 0))
+        return first + n == self.rows_per_chunk
+
+    def close(self) -> None:
+        """The index and footer, then the file under its name; ValueError (and
+        nothing left) if a chunk is missing rows."""
+        try:
+            missing = [c for c in range(self.n_chunk) if not self.chunk_done(c)]
+            if missing:
+                raise ValueError(f"{self.path}: chunk {missing[0] + 1} of {self.n_chunk} is not "
+                                 f"whole; no file left behind")
+            self._drain(wait=True)
+            self._pool.shutdown()
+            self._index.sort(key=lambda b: (b.chunk, b.first_row))
+            table = b"".join(INDEX_ENTRY.pack(*b) for b in self._index)
+            with named_errors(self.partial):
+                index_offset = self._f.tell()
+                self._f.write(table)
+                self._f.write(FOOTER.pack(index_offset, len(self._index), zlib.crc32(table),
+                                          KLDZ_MAGIC))
+                self._f.close()
+        except BaseException as e:
+            self._abort(e)
+            raise
+        self._whole.__exit__(None, None, None)
+
+    def _abort(self, e: BaseException) -> None:
+        self._pool.shutdown(cancel_futures=True)
+        if self._f is not None:
+            self._f.close()
+        self._whole.__exit__(type(e), e, e.__traceback__)
+
+    def __enter__(self) -> "KldzWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self._abort(exc)
+
+
 def pack(src: str, dst: str, *, level: int = DEFAULT_LEVEL, threads: Optional[int] = None,
          force: bool = False, on_chunk=None) -> None:
     """Write ``dst`` (.kldz) holding ``src`` (.kld) losslessly; ``dst`` appears
     whole or not at all."""
-    zstandard = _zstd()
-    if not 1 <= level <= 22:
-        raise ValueError(f"--level must be in 1..22, got {level}")
     check_output_path(dst, force)
-    threads = threads or os.cpu_count() or 1
     with LogitDump(src) as dump, open(src, "rb") as f:
         if dump.compressed:
             raise ValueError(f"{src} is a .kldz already")
         prefix = f.read(dump.rows_offset)
-        rows_per_block = block_rows_for(dump.row_width)
-        jobs = [(c, lo, min(lo + rows_per_block, dump.rows_per_chunk))
-                for c in range(dump.n_chunk) for lo in range(0, dump.rows_per_chunk,
-                                                             rows_per_block)]
-        local = threading.local()  # a ZstdCompressor serves one thread at a time
-
-        def compress(job):
-            c, lo, hi = job
-            if not hasattr(local, "compressor"):
-                local.compressor = zstandard.ZstdCompressor(level=level)
-            data = local.compressor.compress(memoryview(_chunk_rows(dump, c, lo, hi)))
-            return zlib.crc32(data), data
-
-        with written_whole(dst) as (partial,), named_errors(partial), open(partial, "wb") as out:
-            out.write(FILE_HEADER.pack(KLDZ_MAGIC, VERSION, CODEC_ZSTD, level, rows_per_block,
-                                       len(prefix), zlib.crc32(prefix)))
-            out.write(prefix)
-            index: List[Block] = []
-            with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
-                for (c, lo, hi), (crc, data) in zip(jobs, pool.map(compress, jobs)):
-                    index.append(Block(out.tell(), len(data), c, lo, hi - lo, crc))
-                    out.write(data)
-                    if on_chunk and hi == dump.rows_per_chunk:
-                        on_chunk(c + 1, dump.n_chunk)
-            index_offset = out.tell()
-            table = b"".join(INDEX_ENTRY.pack(*b) for b in index)
-            out.write(table)
-            out.write(FOOTER.pack(index_offset, len(index), zlib.crc32(table), KLDZ_MAGIC))
-
-
-def _chunk_rows(dump: LogitDump, c: int, lo: int, hi: int) -> np.ndarray:
-    """Rows lo..hi-1 of chunk c of a .kld as its bytes (a view of the map)."""
-    r0 = c * dump.rows_per_chunk
-    return dump.all_rows().rows[r0 + lo:r0 + hi]
+        rows = dump.all_rows().rows
+        with KldzWriter(dst, prefix, level=level, threads=threads) as w:
+            for c in range(dump.n_chunk):
+                r0 = c * dump.rows_per_chunk
+                for lo in range(0, dump.rows_per_chunk, w.rows_per_block):
+                    hi = min(lo + w.rows_per_block, dump.rows_per_chunk)
+                    w.write_rows(c, lo, rows[r0 + lo:r0 + hi])
+                if on_chunk:
+                    on_chunk(c + 1, dump.n_chunk)
 
 
 class KldzReader:
@@ -215,22 +321,34 @@ class KldzReader:
             self._first[(b.chunk, b.first_row)] = i
 
     def _check_index(self, data_start: int, data_end: int) -> None:
-        at, chunk, row = data_start, 0, 0
+        """The index lists every chunk's rows in order, in blocks of the
+        header's size; the blocks tile the file between prefix and index
+        (in any order: chunks decoded together are written as they fill)."""
+        chunk, row = 0, 0
         for i, b in enumerate(self.blocks):
             where = f"block {i} (chunk {b.chunk + 1})"
-            if b.offset != at or b.size < 1 or b.offset + b.size > data_end:
+            if b.size < 1 or b.offset < data_start or b.offset + b.size > data_end:
                 raise self._fail(f"damaged index: {where} is at bytes {b.offset}+{b.size}, "
-                                 f"expected to start at {at}")
+                                 f"outside {data_start}..{data_end}")
             if (b.chunk, b.first_row) != (chunk, row) or \
                     b.rows != min(self.rows_per_block, self.rows_per_chunk - row):
                 raise self._fail(f"damaged index: {where} holds rows {b.first_row}+{b.rows}; "
                                  f"expected chunk {chunk + 1} from row {row}")
-            at += b.size
             row += b.rows
             if row == self.rows_per_chunk:
                 chunk, row = chunk + 1, 0
-        if (chunk, row) != (self.n_chunk, 0) or at != data_end:
+        if (chunk, row) != (self.n_chunk, 0):
             raise self._fail(f"damaged index: its blocks cover {chunk} of {self.n_chunk} chunks")
+        at = data_start
+        for i in sorted(range(len(self.blocks)), key=lambda i: self.blocks[i].offset):
+            b = self.blocks[i]
+            if b.offset != at:
+                raise self._fail(f"damaged index: block {i} (chunk {b.chunk + 1}) is at byte "
+                                 f"{b.offset}, expected {at}")
+            at += b.size
+        if at != data_end:
+            raise self._fail(f"damaged index: its blocks end at byte {at}, the index starts at "
+                             f"{data_end}")
 
     def read_rows(self, c: int, lo: int, hi: int, threads: int = 2) -> np.ndarray:
         """Rows lo..hi-1 of chunk c as a (hi - lo, row_width) uint16 array."""

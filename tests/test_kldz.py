@@ -167,3 +167,40 @@ def test_dump_compress_writes_the_packed_dump(smollm2, tmp_path, capsys):
                                             "b.kldz.input.json", "back.kld"]
     out = capsys.readouterr().out
     assert out.count("Final estimate: PPL") == 2
+
+
+def test_chunks_written_together_interleave_and_read_back(golden, tmp_path, small_blocks):
+    """Chunks decoded together (--parallel) fill their blocks side by side:
+    the blocks lie in the file in the order they filled, the index in chunk
+    order, and the file reads as the .kld."""
+    with LogitDump(golden / NAME) as d, open(golden / NAME, "rb") as f:
+        prefix = f.read(d.rows_offset)
+        rows = [d.chunk(c).rows.rows for c in range(d.n_chunk)]
+        out = tmp_path / "both.kldz"
+        with kldz.KldzWriter(str(out), prefix, level=1) as w:
+            for lo in range(0, 63, 7):  # 7 rows a decode, blocks of 10
+                for c in (1, 0):
+                    w.write_rows(c, lo, rows[c][lo:lo + 7])
+        blocks = _blocks(out)
+        assert [b.chunk for b in blocks] == [0] * 7 + [1] * 7
+        assert blocks[0].offset > blocks[7].offset  # chunk 2's first block filled first
+        with LogitDump(out) as z:
+            for c in range(d.n_chunk):
+                assert np.array_equal(z.chunk(c).rows.rows, rows[c])
+        kldz.unpack(str(out), str(tmp_path / "back.kld"))
+        assert filecmp.cmp(golden / NAME, tmp_path / "back.kld", shallow=False)
+
+
+def test_writer_refuses_rows_out_of_order_and_missing_chunks(golden, tmp_path):
+    with LogitDump(golden / NAME) as d, open(golden / NAME, "rb") as f:
+        prefix = f.read(d.rows_offset)
+        rows = d.chunk(0).rows.rows
+        out = tmp_path / "x.kldz"
+        with pytest.raises(ValueError, match=r"rows 5\.\. of chunk 1 come out of order"):
+            with kldz.KldzWriter(str(out), prefix) as w:
+                w.write_rows(0, 0, rows[:3])
+                w.write_rows(0, 5, rows[5:9])
+        with pytest.raises(ValueError, match="chunk 2 of 2 is not whole; no file left behind"):
+            with kldz.KldzWriter(str(out), prefix) as w:
+                w.write_rows(0, 0, rows)
+    assert os.listdir(tmp_path) == []

@@ -100,8 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="what joins text files, with \\n escapes (default: a blank line)")
     d.add_argument("-o", "--output", required=True, metavar="BASE.kld")
     d.add_argument("--compress", action="store_true",
-                   help="write a lossless .kldz (see quantkl pack) instead of a .kld; the .kld "
-                        "is made beside it and removed once packed")
+                   help="write a lossless .kldz (see quantkl pack) instead of a .kld, its "
+                        "blocks compressed as the rows arrive")
     d.add_argument("--ctx", type=positive_int, default=512, help="context (default 512)")
     d.add_argument("--chunks", type=positive_int, default=None, help="at most N chunks")
     d.add_argument("-f", "--force", action="store_true", help="overwrite the output")
