@@ -207,9 +207,18 @@ class LogitDump:
         """The rows at these indices (over all chunks), copied."""
         if self._kldz is None:
             return LlamaRows(self._rows[list(rows)], self.n_vocab)
-        r = self.rows_per_chunk
-        return LlamaRows(np.concatenate([self._kldz.read_rows(i // r, i % r, i % r + 1)
-                                         for i in rows]), self.n_vocab)
+        # each block decompressed once, for every sampled row it holds
+        r, size = self.rows_per_chunk, self._kldz.rows_per_block
+        out = np.empty((len(rows), self.row_width), np.uint16)
+        by_block: dict = {}
+        for k, i in enumerate(rows):
+            by_block.setdefault((i // r, i % r // size), []).append(k)
+        for (c, b), ks in by_block.items():
+            lo = b * size
+            block = self._kldz.read_rows(c, lo, min(lo + size, r), threads=1)
+            for k in ks:
+                out[k] = block[rows[k] % r - lo]
+        return LlamaRows(out, self.n_vocab)
 
     def _release_previous(self, rows: Tuple[int, int]) -> None:
         # Pages of rows already scored are file-backed and clean: dropping

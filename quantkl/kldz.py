@@ -316,9 +316,8 @@ class KldzReader:
         self.blocks = [Block(*INDEX_ENTRY.unpack_from(table, i * INDEX_ENTRY.size))
                        for i in range(n_blocks)]
         self._check_index(FILE_HEADER.size + prefix_bytes, index_offset)
-        self._first = {}  # (chunk, first row) -> block number
-        for i, b in enumerate(self.blocks):
-            self._first[(b.chunk, b.first_row)] = i
+        # the index is checked regular: chunk c's row r is in block c * per_chunk + r // size
+        self._blocks_per_chunk = -(-self.rows_per_chunk // rows_per_block)
 
     def _check_index(self, data_start: int, data_end: int) -> None:
         """The index lists every chunk's rows in order, in blocks of the
@@ -353,8 +352,9 @@ class KldzReader:
     def read_rows(self, c: int, lo: int, hi: int, threads: int = 2) -> np.ndarray:
         """Rows lo..hi-1 of chunk c as a (hi - lo, row_width) uint16 array."""
         out = np.empty((hi - lo, self.row_width), np.uint16)
-        first = lo - lo % self.rows_per_block
-        numbers = [self._first[(c, r)] for r in range(first, hi, self.rows_per_block)]
+        base = c * self._blocks_per_chunk
+        numbers = range(base + lo // self.rows_per_block,
+                        base + (hi - 1) // self.rows_per_block + 1)
 
         def one(i):
             b = self.blocks[i]
