@@ -35,7 +35,7 @@ BASE_FLAGS = ["-O3", "-std=c11", "-ffp-contract=off", "-fno-math-errno"]
 KERNEL_FLAGS = ["-g0"]
 # Longest compile first, so that the last object to finish is a short one.
 KERNEL_FAMILIES = ["csrc/logits_logits.c", "csrc/llama_logits.c", "csrc/llama_llama.c",
-                   "csrc/encode.c"]
+                   "csrc/sparse.c", "csrc/encode.c"]
 HEADERS = ["csrc/quantkl.h", "csrc/dispatch.h", "csrc/rowstate.h", "csrc/simd.h",
            "csrc/kernel_math.h", "csrc/kernel_parts.h", "csrc/kernel_copies.h",
            "csrc/llama_loop.h", "csrc/read_loop.h", "csrc/guard.h"]

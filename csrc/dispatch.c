@@ -20,6 +20,14 @@ typedef struct {
                           int64_t, int, qk_row *);
     void (*llama_llama)(const uint16_t *, const uint16_t *, int64_t, int64_t, int, qk_row *);
     int (*encode)(const float *, ptrdiff_t, int64_t, int64_t, uint16_t *, double *);
+    void (*sparse_logits)(const qk_sparse_header *, const int32_t *, const float *, const void *,
+                          int, ptrdiff_t, int64_t, int64_t, int, qk_row *, qk_bounds *);
+    void (*sparse_sparse)(const qk_sparse_header *, const int32_t *, const float *,
+                          const qk_sparse_header *, const int32_t *, const float *, int64_t,
+                          int64_t, int, qk_row *, qk_bounds *);
+    int (*sparse_measure)(const float *, ptrdiff_t, int64_t, int64_t, qk_sparse_header *);
+    void (*sparse_fill)(const float *, ptrdiff_t, int64_t, const qk_sparse_header *, int32_t *,
+                        float *);
 } qk_path;
 
 static int always(void) { return 1; }
@@ -45,7 +53,8 @@ static int has_avx512(void)
 
 #define QK_PATH(isa, test)                                                                     \
     {#isa, test, qk_score_llama_logits_##isa, qk_score_logits_logits_##isa,                    \
-     qk_score_llama_llama_##isa, qk_encode_llama_row_##isa}
+     qk_score_llama_llama_##isa, qk_encode_llama_row_##isa, qk_score_sparse_logits_##isa,     \
+     qk_score_sparse_sparse_##isa, qk_sparse_measure_##isa, qk_sparse_fill_##isa}
 
 /* Best first: the default is the first path the CPU supports. */
 static const qk_path paths[] = {
@@ -127,4 +136,45 @@ int qk_encode_llama_row(const float *x, ptrdiff_t stride, int64_t n_vocab, int64
     int status = QK_OK;
     QK_GUARDED(status = k->encode(x, stride, n_vocab, tok, row, nll), status = QK_READ_FAULT);
     return status;
+}
+
+static void sparse_read_fault(qk_row *out, qk_bounds *bounds)
+{
+    read_fault(out);
+    memset(bounds, 0, sizeof *bounds);
+}
+
+void qk_score_sparse_logits(const qk_sparse_header *h, const int32_t *idx, const float *x,
+                            const void *q, int q_dtype, ptrdiff_t q_stride, int64_t n_vocab,
+                            int64_t tok, int mode, qk_row *out, qk_bounds *bounds)
+{
+    const qk_path *k = path();
+    QK_GUARDED(k->sparse_logits(h, idx, x, q, q_dtype, q_stride, n_vocab, tok, mode, out, bounds),
+               sparse_read_fault(out, bounds));
+}
+
+void qk_score_sparse_sparse(const qk_sparse_header *hp, const int32_t *ip, const float *xp,
+                            const qk_sparse_header *hq, const int32_t *iq, const float *xq,
+                            int64_t n_vocab, int64_t tok, int mode, qk_row *out,
+                            qk_bounds *bounds)
+{
+    const qk_path *k = path();
+    QK_GUARDED(k->sparse_sparse(hp, ip, xp, hq, iq, xq, n_vocab, tok, mode, out, bounds),
+               sparse_read_fault(out, bounds));
+}
+
+int qk_sparse_measure(const float *x, ptrdiff_t stride, int64_t n_vocab, int64_t tok,
+                      qk_sparse_header *h)
+{
+    const qk_path *k = path();
+    int status = QK_OK;
+    QK_GUARDED(status = k->sparse_measure(x, stride, n_vocab, tok, h), status = QK_READ_FAULT);
+    return status;
+}
+
+void qk_sparse_fill(const float *x, ptrdiff_t stride, int64_t n_vocab, const qk_sparse_header *h,
+                    int32_t *idx, float *val)
+{
+    const qk_path *k = path();
+    QK_GUARDED(k->sparse_fill(x, stride, n_vocab, h, idx, val), (void)0);
 }

@@ -14,7 +14,17 @@
     void qk_score_llama_llama_##isa(const uint16_t *, const uint16_t *, int64_t, int64_t, int, \
                                     qk_row *);                                                 \
     int qk_encode_llama_row_##isa(const float *, ptrdiff_t, int64_t, int64_t, uint16_t *,      \
-                                  double *);
+                                  double *);                                                   \
+    void qk_score_sparse_logits_##isa(const qk_sparse_header *, const int32_t *, const float *, \
+                                      const void *, int, ptrdiff_t, int64_t, int64_t, int,     \
+                                      qk_row *, qk_bounds *);                                  \
+    void qk_score_sparse_sparse_##isa(const qk_sparse_header *, const int32_t *, const float *, \
+                                      const qk_sparse_header *, const int32_t *, const float *, \
+                                      int64_t, int64_t, int, qk_row *, qk_bounds *);           \
+    int qk_sparse_measure_##isa(const float *, ptrdiff_t, int64_t, int64_t,                   \
+                                qk_sparse_header *);                                           \
+    void qk_sparse_fill_##isa(const float *, ptrdiff_t, int64_t, const qk_sparse_header *,     \
+                              int32_t *, float *);
 
 QK_DECLARE_PATH(portable)
 #ifdef QK_HAVE_AVX2

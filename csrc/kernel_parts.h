@@ -538,6 +538,21 @@ QK_INLINE double tail_before(const uint16_t *row, const qk_header *h, int64_t n,
     return qk_tail_log_prob(1.0 - mass_of(&m), (double)tail_n, h->min_log_prob);
 }
 
+/* Pass 1 over the logits: their normaliser (max, log-sum-exp) and the
+ * block maxima of their top-k list; returns the side's status bits. */
+QK_INLINE int32_t logits_pass1(const void *q, int dt, ptrdiff_t st, int64_t n, norm *nq,
+                               qk_topk *tq, double *lse)
+{
+    qk_topk bq = {0};
+    norm_init(nq);
+    for (int64_t b = 0; b < n; b += QK_BLOCK)
+        norm_block(nq, q, dt, st, b, block_end(b, n), &bq, 0, QK_PREFETCH);
+    const side_values qv = logits_side(q, dt, st);
+    topk_of_blocks(tq, &bq, &qv, n);
+    *lse = norm_lse(nq);
+    return norm_status(nq, *lse, QK_Q_NONFINITE, QK_Q_EMPTY);
+}
+
 /* A token's NLL as llama-perplexity stores it: its float32 log-sum-exp added
  * to the float32 max, then the logit taken away, each step rounded. */
 static inline float llama_nll(float max, double lse, float logit)

@@ -329,21 +329,6 @@ QK_INLINE void llama_logits_one_pass(const uint16_t *p_row, const void *q, int d
     qk_set_tops(out, &tp, &tq, exp((double)tp.val[0]));
 }
 
-/* Pass 1 over the logits: their normaliser (max, log-sum-exp) and the
- * block maxima of their top-k list; returns the side's status bits. */
-QK_INLINE int32_t logits_pass1(const void *q, int dt, ptrdiff_t st, int64_t n, norm *nq,
-                               qk_topk *tq, double *lse)
-{
-    qk_topk bq = {0};
-    norm_init(nq);
-    for (int64_t b = 0; b < n; b += QK_BLOCK)
-        norm_block(nq, q, dt, st, b, block_end(b, n), &bq, 0, QK_PREFETCH);
-    const side_values qv = logits_side(q, dt, st);
-    topk_of_blocks(tq, &bq, &qv, n);
-    *lse = norm_lse(nq);
-    return norm_status(nq, *lse, QK_Q_NONFINITE, QK_Q_EMPTY);
-}
-
 /* Pass 2 over both rows: every sum of s, and the base's block maxima (bp). */
 QK_INLINE void llama_logits_pass2(const uint16_t *p_row, const void *q, int dt, ptrdiff_t st,
                                   int64_t n, int flags, const llama_logits_consts *k,

@@ -90,6 +90,54 @@ void qk_score_logits_logits(const void *p, int p_dtype, ptrdiff_t p_stride, cons
 void qk_score_llama_llama(const uint16_t *p_row, const uint16_t *q_row, int64_t n_vocab,
                           int64_t tok, int mode, qk_row *out);
 
+/* A row of a precise sparse dump (.kldp): the base's float32 logits at the
+ * entries it stores (llama mode's kept entries, and the row's ten largest
+ * where fewer pass the cut), in index order, and exact scalars of the rest
+ * (its "tail"). log p = (x - x_max) - lse in float64, with no rounded value.
+ * The layout is the file's (docs/formats.md): 40 bytes, little-endian. */
+typedef struct {
+    uint32_t n_stored;   /* entries stored */
+    uint32_t tail_count; /* entries not stored: n_vocab - n_stored */
+    float x_max;         /* the row's largest logit */
+    float x_tok;         /* the scored token's logit */
+    float tail_min;      /* the smallest logit not stored (+inf when every entry is stored) */
+    float reserved;      /* 0 */
+    double lse;          /* log sum exp(x - x_max) over the row, from float64 exps */
+    double tail_lse;     /* log of the tail's probability mass, summed over the tail itself in
+                            float64 (-inf: no tail, or no mass in it) */
+} qk_sparse_header;
+
+/* The upper ends of intervals a sparse row leaves (the lower ends are
+ * qk_row.kld, .rkl and .js): what the tail's unknown entries allow. */
+typedef struct {
+    double kld_hi; /* exact mode; llama mode's sum is exact: kld_hi = kld */
+    double rkl_hi;
+    double js_hi;
+} qk_bounds;
+
+/* P: a sparse row (header, its indices and logits); Q: logits of q_dtype,
+ * element stride q_stride. llama mode's KL is the float-logits one; exact
+ * mode, the reverse KL and JS are intervals [out, bounds]. */
+void qk_score_sparse_logits(const qk_sparse_header *h, const int32_t *idx, const float *x,
+                            const void *q, int q_dtype, ptrdiff_t q_stride, int64_t n_vocab,
+                            int64_t tok, int mode, qk_row *out, qk_bounds *bounds);
+
+/* P and Q: sparse rows. Where Q stores no value, its log q is known only
+ * within its tail's range: llama mode takes the tail's average there, exact
+ * mode gives the interval (no reverse KL or JS). */
+void qk_score_sparse_sparse(const qk_sparse_header *hp, const int32_t *ip, const float *xp,
+                            const qk_sparse_header *hq, const int32_t *iq, const float *xq,
+                            int64_t n_vocab, int64_t tok, int mode, qk_row *out,
+                            qk_bounds *bounds);
+
+/* A sparse row from float32 logits, in two steps: qk_sparse_measure fills
+ * the header (returns a qk_status, QK_P_* bits, and nothing else on
+ * failure), qk_sparse_fill writes its h->n_stored indices and logits. */
+int qk_sparse_measure(const float *x, ptrdiff_t stride, int64_t n_vocab, int64_t tok,
+                      qk_sparse_header *h);
+void qk_sparse_fill(const float *x, ptrdiff_t stride, int64_t n_vocab, const qk_sparse_header *h,
+                    int32_t *idx, float *val);
+
 /* Encode float32 logits into a llama uint16 row exactly as llama-perplexity
  * --kl-divergence-base does. *nll = the base NLL of token tok (float32 maths,
  * as llama.cpp). Returns a qk_status (QK_P_* bits) and writes nothing else

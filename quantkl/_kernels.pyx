@@ -44,6 +44,23 @@ cdef extern from "quantkl.h" nogil:
                               int64_t tok, int mode, qk_row *out)
     int qk_encode_llama_row(const float *x, Py_ssize_t stride, int64_t n_vocab, int64_t tok,
                             uint16_t *row, double *nll)
+    ctypedef struct qk_sparse_header:
+        pass
+    ctypedef struct qk_bounds:
+        double kld_hi
+        double rkl_hi
+        double js_hi
+    void qk_score_sparse_logits(const qk_sparse_header *h, const int32_t *idx, const float *x,
+                                const void *q, int q_dtype, Py_ssize_t q_stride, int64_t n_vocab,
+                                int64_t tok, int mode, qk_row *out, qk_bounds *bounds)
+    void qk_score_sparse_sparse(const qk_sparse_header *hp, const int32_t *ip, const float *xp,
+                                const qk_sparse_header *hq, const int32_t *iq, const float *xq,
+                                int64_t n_vocab, int64_t tok, int mode, qk_row *out,
+                                qk_bounds *bounds)
+    int qk_sparse_measure(const float *x, Py_ssize_t stride, int64_t n_vocab, int64_t tok,
+                          qk_sparse_header *h)
+    void qk_sparse_fill(const float *x, Py_ssize_t stride, int64_t n_vocab,
+                        const qk_sparse_header *h, int32_t *idx, float *val)
 
 cdef extern from "llama_loop.h" nogil:
     double qk_llama_loop_kld(const uint16_t *base_row, const float *logits, int64_t n_vocab)
@@ -92,6 +109,9 @@ cdef class RowScores:
     """Per-row outputs of one kernel call, as numpy arrays of length n_rows."""
     cdef public object kld, nll_p, nll_q, nll_q_llama, top_p, top_q, rank, status, p_top, overlap
     cdef public object rkl, js
+    # a sparse base's intervals: the upper ends (kld, rkl, js are the lower);
+    # None for the other kernels
+    cdef public object kld_hi, rkl_hi, js_hi
 
     def __init__(self, Py_ssize_t n):
         self.kld = np.empty(n, np.float64)
@@ -106,6 +126,7 @@ cdef class RowScores:
         self.overlap = np.empty((n, QK_TOPK_MAX), np.uint8)
         self.rkl = np.empty(n, np.float64)
         self.js = np.empty(n, np.float64)
+        self.kld_hi = self.rkl_hi = self.js_hi = None
 
 
 # prange makes variables assigned in its body thread-private, but not a struct
@@ -242,6 +263,133 @@ def encode_llama_rows(const float[:, :] x, const int64_t[::1] tokens, uint16_t[:
     for i in prange(n, nogil=True, schedule="dynamic", num_threads=threads):
         status[i] = qk_encode_llama_row(&x[i, 0], stride, n_vocab, tokens[i], &rows[i, 0], &nll[i])
     return nll_arr, status_arr
+
+
+# A sparse block (quantkl.sparse.SparseRows): headers as raw bytes (n, 40),
+# each row's stored entries at [offsets[i], offsets[i + 1]) of idx and x.
+cdef struct SparseBlock:
+    const unsigned char *headers
+    const int64_t *offsets
+    const int32_t *idx
+    const float *x
+
+
+cdef SparseBlock sparse_block(const unsigned char[:, ::1] headers, const int64_t[::1] offsets,
+                              const int32_t[::1] idx, const float[::1] x):
+    cdef SparseBlock s
+    s.headers = &headers[0, 0]
+    s.offsets = &offsets[0]
+    # a block may store no entry only if it has no rows; the kernels read none then
+    s.idx = &idx[0] if idx.shape[0] else NULL
+    s.x = &x[0] if x.shape[0] else NULL
+    return s
+
+
+cdef inline const qk_sparse_header *header_at(SparseBlock s, Py_ssize_t i) noexcept nogil:
+    return <const qk_sparse_header *>(s.headers + 40 * i)
+
+
+cdef struct BoundsOut:
+    double *kld_hi
+    double *rkl_hi
+    double *js_hi
+
+
+cdef BoundsOut bounds_of(RowScores s):
+    s.kld_hi = np.empty(len(s.kld), np.float64)
+    s.rkl_hi = np.empty(len(s.kld), np.float64)
+    s.js_hi = np.empty(len(s.kld), np.float64)
+    cdef double[::1] a = s.kld_hi, b = s.rkl_hi, c = s.js_hi
+    return BoundsOut(&a[0], &b[0], &c[0])
+
+
+cdef inline void store_bounds(const qk_bounds *b, BoundsOut o, Py_ssize_t i) noexcept nogil:
+    o.kld_hi[i] = b.kld_hi
+    o.rkl_hi[i] = b.rkl_hi
+    o.js_hi[i] = b.js_hi
+
+
+cdef void row_sparse_logits(SparseBlock p, const void *q, int q_dtype, Py_ssize_t q_stride,
+                            int64_t n_vocab, int64_t tok, int mode, Outputs o, BoundsOut bo,
+                            Py_ssize_t i) noexcept nogil:
+    cdef qk_row r
+    cdef qk_bounds b
+    cdef int64_t at = p.offsets[i]
+    qk_score_sparse_logits(header_at(p, i), p.idx + at, p.x + at, q, q_dtype, q_stride, n_vocab,
+                           tok, mode, &r, &b)
+    store(&r, o, i)
+    store_bounds(&b, bo, i)
+
+
+cdef void row_sparse_sparse(SparseBlock p, SparseBlock q, int64_t n_vocab, int64_t tok, int mode,
+                            Outputs o, BoundsOut bo, Py_ssize_t i) noexcept nogil:
+    cdef qk_row r
+    cdef qk_bounds b
+    cdef int64_t ap = p.offsets[i], aq = q.offsets[i]
+    qk_score_sparse_sparse(header_at(p, i), p.idx + ap, p.x + ap, header_at(q, i), q.idx + aq,
+                           q.x + aq, n_vocab, tok, mode, &r, &b)
+    store(&r, o, i)
+    store_bounds(&b, bo, i)
+
+
+def score_sparse_logits(const unsigned char[:, ::1] headers, const int64_t[::1] offsets,
+                        const int32_t[::1] idx, const float[::1] x, const logit_t[:, :] q,
+                        int q_dtype, const int64_t[::1] tokens, int64_t n_vocab, int mode,
+                        int threads):
+    cdef Py_ssize_t n = headers.shape[0], i
+    cdef Py_ssize_t q_stride = q.strides[1] // sizeof(logit_t)
+    cdef SparseBlock p = sparse_block(headers, offsets, idx, x)
+    qk_guard_install()
+    out = RowScores(n)
+    cdef Outputs o = outputs_of(out)
+    cdef BoundsOut bo = bounds_of(out)
+    for i in prange(n, nogil=True, schedule="dynamic", num_threads=threads):
+        row_sparse_logits(p, &q[i, 0], q_dtype, q_stride, n_vocab, tokens[i], mode, o, bo, i)
+    return out
+
+
+def score_sparse_sparse(const unsigned char[:, ::1] p_headers, const int64_t[::1] p_offsets,
+                        const int32_t[::1] p_idx, const float[::1] p_x,
+                        const unsigned char[:, ::1] q_headers, const int64_t[::1] q_offsets,
+                        const int32_t[::1] q_idx, const float[::1] q_x,
+                        const int64_t[::1] tokens, int64_t n_vocab, int mode, int threads):
+    cdef Py_ssize_t n = p_headers.shape[0], i
+    cdef SparseBlock p = sparse_block(p_headers, p_offsets, p_idx, p_x)
+    cdef SparseBlock q = sparse_block(q_headers, q_offsets, q_idx, q_x)
+    qk_guard_install()
+    out = RowScores(n)
+    cdef Outputs o = outputs_of(out)
+    cdef BoundsOut bo = bounds_of(out)
+    for i in prange(n, nogil=True, schedule="dynamic", num_threads=threads):
+        row_sparse_sparse(p, q, n_vocab, tokens[i], mode, o, bo, i)
+    return out
+
+
+def sparse_measure(const float[:, :] x, const int64_t[::1] tokens, unsigned char[:, ::1] headers,
+                   int threads):
+    """Fill headers (n, 40) of sparse rows from float32 logits x; returns the status per row."""
+    cdef Py_ssize_t n = x.shape[0], i
+    cdef int64_t n_vocab = x.shape[1]
+    cdef Py_ssize_t stride = x.strides[1] // sizeof(float)
+    qk_guard_install()
+    status_arr = np.empty(n, np.int32)
+    cdef int32_t[::1] status = status_arr
+    for i in prange(n, nogil=True, schedule="dynamic", num_threads=threads):
+        status[i] = qk_sparse_measure(&x[i, 0], stride, n_vocab, tokens[i],
+                                      <qk_sparse_header *>&headers[i, 0])
+    return status_arr
+
+
+def sparse_fill(const float[:, :] x, const unsigned char[:, ::1] headers,
+                const int64_t[::1] offsets, int32_t[::1] idx, float[::1] val, int threads):
+    """Each row's stored indices and logits at [offsets[i], offsets[i + 1])."""
+    cdef Py_ssize_t n = x.shape[0], i
+    cdef int64_t n_vocab = x.shape[1]
+    cdef Py_ssize_t stride = x.strides[1] // sizeof(float)
+    qk_guard_install()
+    for i in prange(n, nogil=True, schedule="dynamic", num_threads=threads):
+        qk_sparse_fill(&x[i, 0], stride, n_vocab, <const qk_sparse_header *>&headers[i, 0],
+                       &idx[offsets[i]], &val[offsets[i]])
 
 
 def llama_loop_kld_rows(const uint16_t[:, ::1] base, const float[:, ::1] logits, int threads):

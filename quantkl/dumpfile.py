@@ -12,11 +12,14 @@ import mmap
 import os
 import struct
 from dataclasses import dataclass
-from typing import Iterator, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from .arrays import LlamaRows, llama_row_width
+
+if TYPE_CHECKING:
+    from .sparse import SparseRows
 from .files import check_output_path, regular_file_size
 
 MAGIC = b"_logits_"
@@ -34,25 +37,27 @@ def scored_rows_per_chunk(n_ctx: int) -> int:
 
 @dataclass(frozen=True)
 class Chunk:
-    """One chunk of a dump: its rows and the token each row predicts."""
+    """One chunk of a dump: its rows (SparseRows for a .kldp) and the token each row predicts."""
     index: int
-    rows: LlamaRows
+    rows: "LlamaRows | SparseRows"
     tokens: np.ndarray  # int32, the actual next token of each row
 
 
 class LogitDump:
-    """A llama.cpp logits file written by `llama-perplexity --kl-divergence-base`.
+    """A llama.cpp logits file written by `llama-perplexity --kl-divergence-base`,
+    or the same compressed (.kldz), or quantkl's precise sparse form (.kldp,
+    whose rows are SparseRows).
 
     Attributes: ``n_ctx``, ``n_vocab``, ``n_chunk``, ``rows_per_chunk``,
     ``tokens`` (all evaluated tokens, int32, chunk after chunk), ``path``.
     """
 
     def __init__(self, path: str | os.PathLike):
-        from .kldz import is_kldz
+        from .kldz import container_magic
         self.path = os.fspath(path)
         size = regular_file_size(self.path, "logits file", DumpError)
         self._kldz = self._map = None
-        if is_kldz(self.path):
+        if container_magic(self.path):
             self._open_kldz(size)
             return
         try:
@@ -86,7 +91,8 @@ class LogitDump:
         self._resident: Optional[Tuple[int, int]] = None
 
     def _open_kldz(self, size: int) -> None:
-        """The same file compressed (quantkl.kldz): rows come from its blocks."""
+        """The same file compressed, or its precise sparse form (quantkl.kldz):
+        rows come from its blocks."""
         from .kldz import KldzReader
         z = self._kldz = KldzReader(self.path)
         self.size = size
@@ -109,15 +115,21 @@ class LogitDump:
 
     @property
     def compressed(self) -> bool:
-        """Whether this is a .kldz (rows decompressed a piece at a time)."""
+        """Whether this is a .kldz or .kldp (rows decompressed a piece at a time)."""
         return self._kldz is not None
 
+    @property
+    def precise(self) -> bool:
+        """Whether this is a .kldp: its rows are SparseRows, not llama rows."""
+        return self._kldz is not None and self._kldz.precise
+
     def compression(self) -> Optional[str]:
-        """A .kldz's codec, level and blocks, in words (None for a .kld)."""
+        """A .kldz's or .kldp's codec, level and blocks, in words (None for a .kld)."""
         z = self._kldz
         if z is None:
             return None
-        return (f"zstd level {z.level}, {len(z.blocks)} blocks of up to {z.rows_per_block} rows, "
+        return (f"zstd level {z.level}, {len(z.blocks)} blocks of up to "
+                f"{z.rows_per_block} rows, "
                 f"{self.size / (self.rows_offset + 2 * self.row_width * self.n_rows):.3f} of "
                 f"the .kld")
 
@@ -177,7 +189,9 @@ class LogitDump:
             raise IndexError(f"rows {lo}:{hi} out of range 0:{self.rows_per_chunk}")
         self.check_unchanged()
         first = self.n_ctx // 2
-        if self._kldz is not None:
+        if self.precise:
+            rows = self._kldz.read_sparse(c, lo, hi)
+        elif self._kldz is not None:
             rows = LlamaRows(self._kldz.read_rows(c, lo, hi), self.n_vocab)
         else:
             r0 = c * self.rows_per_chunk
@@ -199,14 +213,19 @@ class LogitDump:
         """Every row as one LlamaRows view (memory-mapped, not loaded); a
         .kldz is read a piece at a time instead (``piece``)."""
         if self._kldz is not None:
-            raise DumpError(f"{self.path}: a .kldz is read a piece at a time (piece(), "
-                            f"chunks()); quantkl unpack makes the .kld")
+            raise DumpError(f"{self.path}: a .kldz or .kldp is read a piece at a time (piece(), "
+                            f"chunks()); quantkl unpack makes the .kld of a .kldz")
         return LlamaRows(self._rows, self.n_vocab)
 
-    def sample_rows(self, rows: Sequence[int]) -> LlamaRows:
+    def sample_rows(self, rows: Sequence[int]) -> "LlamaRows | SparseRows":
         """The rows at these indices (over all chunks), copied."""
         if self._kldz is None:
             return LlamaRows(self._rows[list(rows)], self.n_vocab)
+        if self.precise:
+            from .sparse import concat
+            r = self.rows_per_chunk
+            return concat([self._kldz.read_sparse(i // r, i % r, i % r + 1, threads=1)
+                           for i in rows], self.n_vocab)
         # each block decompressed once, for every sampled row it holds
         r, size = self.rows_per_chunk, self._kldz.rows_per_block
         out = np.empty((len(rows), self.row_width), np.uint16)
@@ -387,7 +406,9 @@ class DumpInfo:
     rows_checked: int = 0
     corrupt_rows: Optional[List[str]] = None  # "row 70 (chunk 2)", at most a few
     n_corrupt: int = 0
-    compression: Optional[str] = None  # a .kldz's codec, level and blocks
+    compression: Optional[str] = None  # a .kldz's or .kldp's codec, level and blocks
+    precise: bool = False  # a .kldp
+    stored_share: Optional[float] = None  # a .kldp: stored entries / n_vocab in the rows checked
 
     def lines(self) -> List[tuple]:
         out = [("file", f"{self.path} ({self.size:,} bytes)")]
@@ -395,14 +416,24 @@ class DumpInfo:
             n_ctx, n_vocab, n_chunk = self.header
             r = scored_rows_per_chunk(n_ctx)
             width = llama_row_width(n_vocab)
-            fmt = ("llama.cpp logits (_logits_)" if self.compression is None else
-                   f"quantkl .kldz of llama.cpp logits ({self.compression})")
+            kld_size = f"{HEADER.size + 4 * n_ctx * n_chunk + 2 * width * r * n_chunk:,} bytes"
+            if self.precise:
+                fmt = f"quantkl .kldp, precise sparse base rows ({self.compression})"
+            elif self.compression is None:
+                fmt = "llama.cpp logits (_logits_)"
+            else:
+                fmt = f"quantkl .kldz of llama.cpp logits ({self.compression})"
             out += [("format", fmt),
                     ("n_ctx", str(n_ctx)), ("n_vocab", f"{n_vocab:,}"),
-                    ("chunks", f"{n_chunk} ({r} scored rows each, {n_chunk * r:,} rows)"),
-                    ("row", f"{width:,} uint16 ({2 * width:,} bytes)"),
-                    ("unpacked" if self.compression else "expected",
-                     f"{HEADER.size + 4 * n_ctx * n_chunk + 2 * width * r * n_chunk:,} bytes")]
+                    ("chunks", f"{n_chunk} ({r} scored rows each, {n_chunk * r:,} rows)")]
+            if self.precise:
+                if self.stored_share is not None:
+                    out.append(("row", f"{self.stored_share:.1%} of the entries stored, as "
+                                       f"float32 logits (in the rows checked)"))
+                out.append(("as .kld", kld_size))
+            else:
+                out += [("row", f"{width:,} uint16 ({2 * width:,} bytes)"),
+                        ("unpacked" if self.compression else "expected", kld_size)]
         if self.tokens_sample is not None:
             out.append(("tokens", ", ".join(map(str, self.tokens_sample)) + ", ..."))
         if self.rows_checked:
@@ -424,7 +455,12 @@ def check_sample(dump: LogitDump, info: DumpInfo, n_random: int = 64,
     rows = sorted(rows)
     if len(rows) > limit:
         rows = [rows[i] for i in np.linspace(0, len(rows) - 1, limit).astype(int)]
-    status = check_llama_rows(dump.sample_rows(rows))
+    sample = dump.sample_rows(rows)
+    if dump.precise:  # its blocks' every field was checked as they were read
+        info.rows_checked = len(rows)
+        info.stored_share = sample.stored / (len(sample) * dump.n_vocab)
+        return
+    status = check_llama_rows(sample)
     bad = [rows[i] for i in np.flatnonzero(status)]
     info.rows_checked, info.n_corrupt = len(rows), len(bad)
     if bad:
@@ -444,6 +480,7 @@ def inspect_dump(path: str | os.PathLike) -> DumpInfo:
             info.tokens_sample = d.tokens[:16].tolist()
             if d.compressed:
                 info.compression = d.compression()
+                info.precise = d.precise
             check_sample(d, info)
         return info
     except DumpError as e:

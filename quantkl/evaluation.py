@@ -21,6 +21,7 @@ from .encoding import encode_llama_rows
 from .inputs import EvalText
 from .runner import ModelError, ModelOptions, ModelRunner
 from .scoring import READ_FAULT, RowError, Scorer
+from .sparse import encode_sparse_rows
 from .result import KLDResult
 from .stats import RunningTotals, _exp
 
@@ -99,19 +100,36 @@ class RowEncoder:
         return nll
 
 
+class SparseRowEncoder:
+    """float32 logits -> precise sparse rows (quantkl.sparse) -> a .kldp writer."""
+
+    def __init__(self, writer, threads: int):
+        self.writer, self.threads = writer, threads
+
+    def write(self, c: int, lo: int, logits: np.ndarray, tokens: np.ndarray) -> np.ndarray:
+        """Rows lo.. of chunk c from their logits; returns their NLLs."""
+        rows = encode_sparse_rows(logits, tokens, threads=self.threads)
+        self.writer.write_rows(c, lo, rows)
+        h = rows.headers
+        return (h["x_max"].astype(np.float64) - h["x_tok"]) + h["lse"]
+
+
 def dump_base(model: str | os.PathLike, text: "EvalText | str | os.PathLike | Sequence",
               out: str | os.PathLike, *,
               n_ctx: int = 512, chunks: Optional[int] = None,
               options: Optional[ModelOptions] = None,
               on_chunk: Optional[ChunkCallback] = None, verbose: bool = False,
-              compress: bool = False) -> BasePerplexity:
+              compress: bool = False, precise: bool = False) -> BasePerplexity:
     """Write the base model's llama.cpp logits file for a text; return its perplexity.
 
     ``text`` says what is evaluated (text files, or chat conversations put
     through the model's own template); a description of it is written beside
     the dump (``OUT.input.json``) and copied into later scores' records.
     ``compress`` writes a .kldz (quantkl.kldz) instead, its blocks compressed
-    as they fill."""
+    as they fill; ``precise`` a .kldp (quantkl.sparse: no rounded value,
+    about a quarter of the .kld's size)."""
+    if compress and precise:
+        raise ValueError("a dump is either compressed (.kldz) or precise (.kldp), not both")
     if not isinstance(text, EvalText):
         text = EvalText([text] if isinstance(text, (str, os.PathLike)) else text)
     with ModelRunner(model, n_ctx, options, verbose) as runner:
@@ -119,15 +137,15 @@ def dump_base(model: str | os.PathLike, text: "EvalText | str | os.PathLike | Se
         n_chunk = count_chunks(len(tokens), n_ctx, chunks)
         tokens = tokens[:n_chunk * n_ctx]
         first, per_chunk = runner.first, scored_rows_per_chunk(n_ctx)
-        nll = np.empty(n_chunk * per_chunk, np.float32)
-        if compress:
-            from .kldz import KldzWriter
-            writer = KldzWriter(out, dump_prefix(n_ctx, runner.n_vocab, tokens),
-                                threads=runner.threads)
+        nll = np.empty(n_chunk * per_chunk, np.float64 if precise else np.float32)
+        if compress or precise:
+            from .kldz import KldpWriter, KldzWriter
+            writer = (KldpWriter if precise else KldzWriter)(
+                out, dump_prefix(n_ctx, runner.n_vocab, tokens), threads=runner.threads)
         else:
             writer = LogitDumpWriter(out, n_ctx, runner.n_vocab, tokens)
         with writer:
-            encoder = RowEncoder(writer, runner.threads)
+            encoder = (SparseRowEncoder if precise else RowEncoder)(writer, runner.threads)
             for group in chunk_groups(0, n_chunk, runner.parallel):
                 texts = [tokens[c * n_ctx:(c + 1) * n_ctx] for c in group]
                 for lo, logits in runner.decode_chunks(texts):
@@ -345,6 +363,12 @@ def compare_dumps(base: LogitDump, other: LogitDump, *, mode: str = "llama",
         raise ValueError(f"dumps differ in shape: {base.path} has n_ctx={base.n_ctx}, "
                          f"n_vocab={base.n_vocab}, {base.n_chunk} chunks; {other.path} has "
                          f"n_ctx={other.n_ctx}, n_vocab={other.n_vocab}, {other.n_chunk} chunks")
+    if other.precise and not base.precise:
+        raise ValueError(f"{other.path} is a precise .kldp: compare it as the base (first), "
+                         f"against another .kldp")
+    if base.precise and not other.precise:
+        raise ValueError(f"{base.path} is a precise .kldp and {other.path} is not: compare two "
+                         f".kldp files, or score the other model against {base.path}")
     if not np.array_equal(base.tokens, other.tokens):
         i = int(np.argmax(base.tokens != other.tokens))
         raise ValueError(f"dumps were made from different tokens (first difference at position "

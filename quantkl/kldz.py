@@ -25,7 +25,11 @@ rows), of the index. The reader checks the header, the footer, the index
 (offsets in the file and increasing, every chunk covered in order) and the
 prefix before anything is scored, and each block's checksum as it is read.
 KldzWriter streams the file (``dump --compress``, ``pack``).
-docs/formats.md describes the format and why zstandard at level 3.
+
+A ``.kldp`` (magic "quantklp", KldpWriter) is the same container around
+precise sparse rows (quantkl.sparse): each block is a SparseRows block's
+bytes (``SparseRows.to_bytes``), every field checked as it is read.
+docs/formats.md describes both formats and why zstandard at level 3.
 """
 from __future__ import annotations
 
@@ -35,15 +39,17 @@ import threading
 import zlib
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from typing import List, NamedTuple, Optional
+from typing import List, NamedTuple, Optional, Tuple
 
 import numpy as np
 
 from .arrays import LlamaRows, llama_row_width
 from .dumpfile import HEADER, MAGIC, DumpError, LogitDump, scored_rows_per_chunk
 from .files import check_output_path, named_errors, regular_file_size, written_whole
+from .sparse import HEADER_DTYPE, SparseRows, SparseRowsError, concat
 
 KLDZ_MAGIC = b"quantklz"
+KLDP_MAGIC = b"quantklp"
 VERSION = 1
 CODEC_ZSTD = 1
 DEFAULT_LEVEL = 3
@@ -52,6 +58,8 @@ DEFAULT_LEVEL = 3
 # SmolLM2 .kldz ran 1.65x faster than with 32 MB blocks, the size the same to
 # 1e-4 (zstandard's window at level 3 is smaller than either).
 BLOCK_BYTES = 8 << 20
+# Rows per .kldp block: 2-7 MB of sparse rows for SmolLM2 and Gemma 3.
+SPARSE_BLOCK_ROWS = 64
 FILE_HEADER = struct.Struct("<8sIIiIQI")
 INDEX_ENTRY = struct.Struct("<QQIIII")
 FOOTER = struct.Struct("<QII8s")
@@ -66,13 +74,14 @@ class Block(NamedTuple):
     crc: int
 
 
-def is_kldz(path: str) -> bool:
-    """Whether the file at ``path`` starts with the .kldz magic."""
+def container_magic(path: str) -> Optional[bytes]:
+    """KLDZ_MAGIC or KLDP_MAGIC when the file at ``path`` starts with it, else None."""
     try:
         with open(path, "rb") as f:
-            return f.read(len(KLDZ_MAGIC)) == KLDZ_MAGIC
+            head = f.read(len(KLDZ_MAGIC))
     except OSError:
-        return False
+        return None
+    return head if head in (KLDZ_MAGIC, KLDP_MAGIC) else None
 
 
 def _zstd():
@@ -95,6 +104,8 @@ class KldzWriter:
     file appears under its name only when every chunk is written (written
     through PATH.partial, removed on any error). Use as a context manager."""
 
+    MAGIC = KLDZ_MAGIC
+
     def __init__(self, path: str, prefix: bytes, *, level: int = DEFAULT_LEVEL,
                  threads: Optional[int] = None):
         self._zstandard = _zstd()
@@ -106,8 +117,8 @@ class KldzWriter:
         self.path, self.level = os.fspath(path), level
         check_output_path(self.path)
         self.n_chunk, self.rows_per_chunk = n_chunk, scored_rows_per_chunk(n_ctx)
-        self.row_width = llama_row_width(n_vocab)
-        self.rows_per_block = block_rows_for(self.row_width)
+        self.n_vocab, self.row_width = n_vocab, llama_row_width(n_vocab)
+        self.rows_per_block = self._block_rows()
         self._filling = {}  # chunk -> (block buffer or None, rows in it, its first row)
         self._index: List[Block] = []
         self._pending = deque()  # (chunk, first row, rows, future of (crc, bytes)), in order
@@ -120,7 +131,7 @@ class KldzWriter:
         try:
             self._f = open(self.partial, "wb")
             with named_errors(self.partial):
-                self._f.write(FILE_HEADER.pack(KLDZ_MAGIC, VERSION, CODEC_ZSTD, level,
+                self._f.write(FILE_HEADER.pack(self.MAGIC, VERSION, CODEC_ZSTD, level,
                                                self.rows_per_block, len(prefix),
                                                zlib.crc32(prefix)))
                 self._f.write(prefix)
@@ -128,18 +139,27 @@ class KldzWriter:
             self._abort(e)
             raise
 
+    def _block_rows(self) -> int:
+        return block_rows_for(self.row_width)
+
+    def _check_place(self, c: int, lo: int, n: int) -> Tuple[object, int, int]:
+        """What chunk c has gathered, after checking rows lo..lo+n-1 come next."""
+        if not 0 <= c < self.n_chunk:
+            raise ValueError(f"chunk {c} is not one of the {self.n_chunk} chunks of this file")
+        filling = self._filling.get(c, (None, 0, 0))
+        buf, n_in, first = filling
+        if lo != first + n_in or lo + n > self.rows_per_chunk:
+            raise ValueError(f"rows {lo}.. of chunk {c + 1} come out of order (expected row "
+                             f"{first + n_in}) or past its {self.rows_per_chunk} rows")
+        return filling
+
     def write_rows(self, c: int, lo: int, rows: LlamaRows | np.ndarray) -> None:
         """Rows lo.. of chunk c, which must follow the rows of c written before."""
         rows = rows.rows if isinstance(rows, LlamaRows) else np.asarray(rows)
         if rows.dtype != np.uint16 or rows.ndim != 2 or rows.shape[1] != self.row_width:
             raise ValueError(f"rows are uint16 (n, {self.row_width}), got {rows.dtype} "
                              f"{rows.shape}")
-        if not 0 <= c < self.n_chunk:
-            raise ValueError(f"chunk {c} is not one of the {self.n_chunk} chunks of this file")
-        buf, n, first = self._filling.get(c, (None, 0, 0))
-        if lo != first + n or lo + len(rows) > self.rows_per_chunk:
-            raise ValueError(f"rows {lo}.. of chunk {c + 1} come out of order (expected row "
-                             f"{first + n}) or past its {self.rows_per_chunk} rows")
+        buf, n, first = self._check_place(c, lo, len(rows))
         at = 0
         while at < len(rows):
             if buf is None:
@@ -149,18 +169,19 @@ class KldzWriter:
             buf[n:n + take] = rows[at:at + take]
             n, at = n + take, at + take
             if n == len(buf):
-                self._submit(c, first, buf)
+                self._submit(c, first, len(buf), lambda rows=buf: memoryview(rows).cast("B"))
                 buf, n, first = None, 0, first + n
         self._filling[c] = (buf, n, first)
         self._drain(wait=False)
 
-    def _submit(self, c: int, first: int, rows: np.ndarray) -> None:
+    def _submit(self, c: int, first: int, n_rows: int, payload) -> None:
+        """Compress the block payload() returns (rows first.. of chunk c) on the pool."""
         def compress():
             if not hasattr(self._local, "compressor"):  # one per thread: they are not shared
                 self._local.compressor = self._zstandard.ZstdCompressor(level=self.level)
-            data = self._local.compressor.compress(memoryview(rows).cast("B"))
+            data = self._local.compressor.compress(payload())
             return zlib.crc32(data), data
-        self._pending.append((c, first, len(rows), self._pool.submit(compress)))
+        self._pending.append((c, first, n_rows, self._pool.submit(compress)))
         while len(self._pending) > 2 * self._workers:  # a few blocks in memory at most
             self._drain(wait=True, most=1)
 
@@ -197,7 +218,7 @@ class KldzWriter:
                 index_offset = self._f.tell()
                 self._f.write(table)
                 self._f.write(FOOTER.pack(index_offset, len(self._index), zlib.crc32(table),
-                                          KLDZ_MAGIC))
+                                          self.MAGIC))
                 self._f.close()
         except BaseException as e:
             self._abort(e)
@@ -220,12 +241,45 @@ class KldzWriter:
             self._abort(exc)
 
 
+class KldpWriter(KldzWriter):
+    """Streams a .kldp: precise sparse rows (quantkl.sparse.SparseRows) of
+    each chunk in order, in blocks of SPARSE_BLOCK_ROWS rows, as KldzWriter
+    streams llama rows."""
+
+    MAGIC = KLDP_MAGIC
+
+    def _block_rows(self) -> int:
+        return SPARSE_BLOCK_ROWS
+
+    def write_rows(self, c: int, lo: int, rows: SparseRows) -> None:
+        """Rows lo.. of chunk c, which must follow the rows of c written before."""
+        if not isinstance(rows, SparseRows) or rows.n_vocab != self.n_vocab:
+            raise ValueError(f"a .kldp takes SparseRows of {self.n_vocab} entries")
+        parts, n, first = self._check_place(c, lo, len(rows))
+        parts = parts or []
+        at = 0
+        while at < len(rows):
+            size = min(self.rows_per_block, self.rows_per_chunk - first)
+            take = min(size - n, len(rows) - at)
+            parts.append(rows.slice(at, at + take))
+            n, at = n + take, at + take
+            if n == size:
+                self._submit(c, first, n,
+                             lambda block=parts: concat(block, self.n_vocab).to_bytes())
+                parts, n, first = [], 0, first + n
+        self._filling[c] = (parts, n, first)
+        self._drain(wait=False)
+
+
 def pack(src: str, dst: str, *, level: int = DEFAULT_LEVEL, threads: Optional[int] = None,
          force: bool = False, on_chunk=None) -> None:
     """Write ``dst`` (.kldz) holding ``src`` (.kld) losslessly; ``dst`` appears
     whole or not at all."""
     check_output_path(dst, force)
     with LogitDump(src) as dump, open(src, "rb") as f:
+        if dump.precise:
+            raise ValueError(f"{src} is a precise sparse file (.kldp): it keeps other values "
+                             f"than a .kld and is compressed already")
         if dump.compressed:
             raise ValueError(f"{src} is a .kldz already")
         prefix = f.read(dump.rows_offset)
@@ -241,9 +295,10 @@ def pack(src: str, dst: str, *, level: int = DEFAULT_LEVEL, threads: Optional[in
 
 
 class KldzReader:
-    """The blocks of a .kldz: its prefix (the .kld's header and token list)
-    checked, its index checked, and any row range of a chunk decompressed on
-    request."""
+    """The blocks of a .kldz or .kldp: its prefix (the .kld's header and token
+    list) checked, its index checked, and any row range of a chunk
+    decompressed on request (``read_rows`` for a .kldz, ``read_sparse`` for
+    a .kldp: ``precise`` says which)."""
 
     def __init__(self, path: str):
         self.path = path
@@ -278,18 +333,20 @@ class KldzReader:
             raise self._fail(f"truncated .kldz ({self.size} bytes)")
         magic, version, codec, level, rows_per_block, prefix_bytes, prefix_crc = \
             FILE_HEADER.unpack(self._read_at(0, FILE_HEADER.size))
-        if magic != KLDZ_MAGIC:
-            raise self._fail(f"not a .kldz file (starts with {magic!r})")
+        if magic not in (KLDZ_MAGIC, KLDP_MAGIC):
+            raise self._fail(f"not a .kldz or .kldp file (starts with {magic!r})")
+        self.magic, self.precise = magic, magic == KLDP_MAGIC
+        kind = ".kldp" if self.precise else ".kldz"
         if version != VERSION:
-            raise self._fail(f".kldz version {version}; this quantkl reads version {VERSION}")
+            raise self._fail(f"{kind} version {version}; this quantkl reads version {VERSION}")
         if codec != CODEC_ZSTD:
-            raise self._fail(f"unknown .kldz codec {codec}")
+            raise self._fail(f"unknown {kind} codec {codec}")
         if rows_per_block < 1:
             raise self._fail(f"damaged header: {rows_per_block} rows per block")
         self.level, self.rows_per_block = level, rows_per_block
         index_offset, n_blocks, index_crc, end_magic = FOOTER.unpack(
             self._read_at(self.size - FOOTER.size, FOOTER.size))
-        if end_magic != KLDZ_MAGIC:
+        if end_magic != magic:
             raise self._fail("truncated or damaged: the footer is missing (was the file cut "
                              "short while being written?)")
         table_bytes = n_blocks * INDEX_ENTRY.size
@@ -374,15 +431,53 @@ class KldzReader:
                 one(i)
         return out
 
+    def read_sparse(self, c: int, lo: int, hi: int, threads: int = 2) -> SparseRows:
+        """Rows lo..hi-1 of chunk c of a .kldp, every block's fields checked."""
+        base = c * self._blocks_per_chunk
+        numbers = range(base + lo // self.rows_per_block,
+                        base + (hi - 1) // self.rows_per_block + 1)
+
+        def one(i):
+            b = self.blocks[i]
+            rows = self._sparse_block(i, b)
+            a, z = max(lo, b.first_row), min(hi, b.first_row + b.rows)
+            return rows.slice(a - b.first_row, z - b.first_row)
+
+        if len(numbers) > 1 and threads > 1:
+            with ThreadPoolExecutor(max_workers=min(threads, len(numbers))) as pool:
+                parts = list(pool.map(one, numbers))
+        else:
+            parts = [one(i) for i in numbers]
+        return concat(parts, self.n_vocab)
+
+    def _where(self, i: int, b: Block) -> str:
+        return f"block {i} (chunk {b.chunk + 1}, rows {b.first_row}..{b.first_row + b.rows - 1})"
+
+    def _block_bytes(self, i: int, b: Block) -> bytes:
+        data = os.pread(self._f.fileno(), b.size, b.offset)
+        if len(data) != b.size:
+            raise self._fail(f"truncated in {self._where(i, b)}")
+        if zlib.crc32(data) != b.crc:
+            raise self._fail(f"damaged {self._where(i, b)} (checksum mismatch)")
+        return data
+
+    def _sparse_block(self, i: int, b: Block) -> SparseRows:
+        data = self._block_bytes(i, b)
+        most = b.rows * (HEADER_DTYPE.itemsize + 8 * self.n_vocab)
+        try:
+            raw = self._zstandard.ZstdDecompressor().decompress(data, max_output_size=most)
+        except self._zstandard.ZstdError as e:
+            raise self._fail(f"damaged {self._where(i, b)}: {e}") from None
+        try:
+            return SparseRows.from_bytes(raw, b.rows, self.n_vocab)
+        except SparseRowsError as e:
+            raise self._fail(f"damaged {self._where(i, b)}: {e}") from None
+
     def _decompress(self, i: int, b: Block, into: np.ndarray) -> None:
         """Block i's rows into ``into`` ((b.rows, row_width) uint16, contiguous):
         its bytes checked against their checksum, its rows against their size."""
-        where = f"block {i} (chunk {b.chunk + 1}, rows {b.first_row}..{b.first_row + b.rows - 1})"
-        data = os.pread(self._f.fileno(), b.size, b.offset)
-        if len(data) != b.size:
-            raise self._fail(f"truncated in {where}")
-        if zlib.crc32(data) != b.crc:
-            raise self._fail(f"damaged {where} (checksum mismatch)")
+        where = self._where(i, b)
+        data = self._block_bytes(i, b)
         buf = memoryview(into).cast("B")
         try:
             with self._zstandard.ZstdDecompressor().stream_reader(data) as reader:
@@ -410,6 +505,9 @@ def unpack(src: str, dst: str, *, force: bool = False, on_chunk=None) -> None:
     check_output_path(dst, force)
     reader = KldzReader(src)
     try:
+        if reader.precise:
+            raise ValueError(f"{src} is a precise sparse file (.kldp): it holds other values "
+                             f"than a .kld, so there is none to unpack")
         with written_whole(dst) as (partial,), named_errors(partial), open(partial, "wb") as out:
             out.write(reader.prefix)
             for i, b in enumerate(reader.blocks):

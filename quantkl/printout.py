@@ -58,13 +58,21 @@ def llama_block(result) -> str:
          "Mean PPL(Q)/PPL(base)         : %10.6f ± %10.6f" % (s["ppl_ratio"], s["ppl_ratio_unc"]),
          "Mean PPL(Q)-PPL(base)         : %10.6f ± %10.6f" % (s["ppl_diff"], s["ppl_diff_unc"]),
          "",
-         "====== KL divergence statistics ======",
-         "Mean    KLD: %10.6f ± %10.6f" % (s["kld_mean"], s["kld_mean_unc"]),
-         "Maximum KLD: %10.6f" % s["kld_max"]]
-    L += ["%s   KLD: %10.6f" % (lab, s[stat_key("kld", f)]) for f, lab in KLD_PERCENTILES]
-    L.append("Median  KLD: %10.6f" % s["kld_median"])
-    L += ["%s   KLD: %10.6f" % (lab, s[stat_key("kld", f)]) for f, lab in KLD_LOW_PERCENTILES]
-    L += ["Minimum KLD: %10.6f" % s["kld_min"],
+         "====== KL divergence statistics ======"]
+    # against a precise sparse base, exact mode's KLDs are intervals: the
+    # mean is printed as one, the percentiles are of the lower ends
+    low = " (lower bound)" if result.bounded else ""
+    if result.bounded:
+        L.append("Mean    KLD: [%10.6f, %10.6f] ± %10.6f" % (s["kld_mean"], s["kld_mean_hi"],
+                                                           s["kld_mean_unc"]))
+    else:
+        L.append("Mean    KLD: %10.6f ± %10.6f" % (s["kld_mean"], s["kld_mean_unc"]))
+    L.append("Maximum KLD: %10.6f%s" % (s["kld_max"], low))
+    L += ["%s   KLD: %10.6f%s" % (lab, s[stat_key("kld", f)], low) for f, lab in KLD_PERCENTILES]
+    L.append("Median  KLD: %10.6f%s" % (s["kld_median"], low))
+    L += ["%s   KLD: %10.6f%s" % (lab, s[stat_key("kld", f)], low)
+          for f, lab in KLD_LOW_PERCENTILES]
+    L += ["Minimum KLD: %10.6f%s" % (s["kld_min"], low),
           "",
           "====== Token probability statistics ======",
           "Mean    Δp: %6.3f ± %5.3f %%" % (100 * s["dp_mean"], 100 * s["dp_mean_unc"]),
@@ -86,11 +94,11 @@ def beyond_block(result) -> str:
     s = result.statistics()
     L = ["====== Beyond llama-perplexity ======"]
     if result.rkl is not None:
-        L.append("Mean reverse KLD, KL(Q||base): %10.6f ± %10.6f" % (s["rkl_mean"],
-                                                                  s["rkl_mean_unc"]))
+        L.append("Mean reverse KLD, KL(Q||base): %s ± %10.6f" % (_mean(s, "rkl"),
+                                                              s["rkl_mean_unc"]))
     if result.js is not None:
-        L.append("Mean Jensen-Shannon div.    : %10.6f ± %10.6f" % (s["js_mean"],
-                                                                  s["js_mean_unc"]))
+        L.append("Mean Jensen-Shannon div.    : %s ± %10.6f" % (_mean(s, "js"),
+                                                              s["js_mean_unc"]))
     L.append("Base top-1 p  : %6.3f ± %5.3f %%" % (100 * s["p_top_mean"],
                                                   100 * s["p_top_mean_unc"]))
     L += ["Top-%-2d overlap: %6.3f ± %5.3f %%" % (k, 100 * s[f"top{k}_overlap_mean"],
@@ -99,6 +107,13 @@ def beyond_block(result) -> str:
     L += ["", "By base top-1 p   tokens    Mean KLD                Same top p"]
     L += [format_bucket(r) for r in result.by_confidence()]
     return "\n".join(L) + "\n"
+
+
+def _mean(s: Dict[str, float], name: str) -> str:
+    """A mean, or [lower, upper] where a precise sparse base leaves an interval."""
+    if f"{name}_mean_hi" in s:
+        return "[%10.6f, %10.6f]" % (s[f"{name}_mean"], s[f"{name}_mean_hi"])
+    return "%10.6f" % s[f"{name}_mean"]
 
 
 def format_bucket(row: Dict[str, float], width: int = 15) -> str:

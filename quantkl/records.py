@@ -42,9 +42,12 @@ def statistics_dict(result: KLDResult) -> Dict[str, Any]:
 def per_token_frame(result: KLDResult):
     """The per-token arrays as a pandas DataFrame (one row per token)."""
     import pandas as pd
-    return pd.DataFrame({"kld": result.kld, "nll": result.nll, "nll_base": result.nll_base,
-                         "dp": result.dp, "rank": result.rank, "top_base": result.top_base,
-                         "top_other": result.top_other})
+    columns = {"kld": result.kld, "nll": result.nll, "nll_base": result.nll_base,
+               "dp": result.dp, "rank": result.rank, "top_base": result.top_base,
+               "top_other": result.top_other}
+    if result.bounded:
+        columns["kld_hi"] = result.kld_hi
+    return pd.DataFrame(columns)
 
 
 def per_token_summary(result: KLDResult) -> Dict[str, Any]:
@@ -102,7 +105,7 @@ def finished_run(path: str, dump, mode: str, chunks: Sequence[int]) -> bool:
 
 # Per-token arrays a record's sidecar holds when its result had them (records
 # written before top-k overlap and the base's confidence were kept lack them).
-OPTIONAL_ARRAYS = ("p_top", "overlap", "token", "rkl", "js")
+OPTIONAL_ARRAYS = ("p_top", "overlap", "token", "rkl", "js", "kld_hi", "rkl_hi", "js_hi")
 
 
 def sidecar_path(path: str) -> str:

@@ -257,3 +257,159 @@ def encode_llama_rows_numpy_f32(logits: np.ndarray) -> np.ndarray:
         codes = np.rint((np.float32(1) / scale) * (x - mn))
     out[:, 4:4 + n_vocab] = np.where(x > mn, np.minimum(codes, 65535), 0)
     return out
+
+
+# --- precise sparse rows (quantkl.sparse) ------------------------------------
+# The twin of csrc/sparse.c: float64 over the stored entries, the tail's
+# intervals by the formulas docs/statistics.md derives, with whole-row numpy.
+
+def _xlogy(a: np.ndarray, log_a: np.ndarray, log_b: np.ndarray) -> np.ndarray:
+    """a (log_a - log_b), 0 where a = 0."""
+    with np.errstate(invalid="ignore"):
+        return np.where(a > 0, a * (log_a - log_b), 0.0)
+
+
+def sparse_dense(rows) -> Tuple[np.ndarray, np.ndarray]:
+    """(stored mask, float64 log p with -inf where not stored) of SparseRows."""
+    n, v = rows.shape
+    stored = np.zeros((n, v), bool)
+    lp = np.full((n, v), -np.inf)
+    for r in range(n):
+        idx, x = rows.row(r)
+        h = rows.headers[r]
+        stored[r, idx] = True
+        lp[r, idx] = (x.astype(np.float64) - np.float64(h["x_max"])) - h["lse"]
+    return stored, lp
+
+
+def sparse_kept(rows) -> np.ndarray:
+    """llama mode's cut over the stored entries, in the float kernels' float32 steps."""
+    n, v = rows.shape
+    kept = np.zeros((n, v), bool)
+    f32 = np.float32
+    for r in range(n):
+        idx, x = rows.row(r)
+        h = rows.headers[r]
+        kept[r, idx] = (f32(x - f32(h["x_max"])) - f32(h["lse"])) > f32(-16)
+    return kept
+
+
+def _tail_facts(rows, lp_stored: np.ndarray) -> Dict[str, np.ndarray]:
+    h = rows.headers
+    with np.errstate(divide="ignore"):
+        smallest = np.where(np.isfinite(lp_stored), lp_stored, np.inf).min(axis=1)
+    smallest = np.where(np.isfinite(smallest), smallest, -np.inf)
+    return {"log_m": h["tail_lse"].astype(np.float64),
+            "log_tau": np.minimum(h["tail_lse"], smallest),
+            "log_p_min": (h["tail_min"].astype(np.float64) - h["x_max"]) - h["lse"]}
+
+
+def _tail_bounds(f: Dict[str, np.ndarray], log_M: np.ndarray, log_q_min: np.ndarray):
+    """Per row: (kl_lo, kl_hi, rkl_lo, rkl_hi, js_lo, js_hi) of the tail."""
+    log_m, log_tau, log_p_min = f["log_m"], f["log_tau"], f["log_p_min"]
+    m, M = np.exp(log_m), np.exp(log_M)
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        kl_lo = _xlogy(m, log_m, log_M)
+        kl_hi = np.where(m > 0, m * (log_tau - log_q_min), 0.0)
+        rkl_lo = _xlogy(M, log_M, log_m)
+        rkl_hi = np.where(M > 0, M * (log_M - log_p_min), 0.0)
+        mix = np.logaddexp(log_m, log_M) - np.log(2.0)
+        js_lo = 0.5 * (_xlogy(m, log_m, mix) + _xlogy(M, log_M, mix))
+        js_hi = 0.5 * (np.where(m > 0, m * (np.log(2.0) + log_tau
+                                            - np.logaddexp(log_tau, log_q_min)), 0.0)
+                       + np.where(M > 0, M * (np.log(2.0) + log_M
+                                              - np.logaddexp(log_M, log_p_min)), 0.0))
+    return kl_lo, kl_hi, rkl_lo, rkl_hi, js_lo, js_hi
+
+
+def _tops(rows, lp_stored: np.ndarray, q_values: np.ndarray) -> Dict[str, np.ndarray]:
+    h = rows.headers
+    n = len(h)
+    top_p = np.argmax(lp_stored, axis=1)
+    return {"nll_p": (np.float64(1) * h["x_max"] - h["x_tok"]) + h["lse"],
+            "top_p": top_p, "top_q": np.argmax(q_values, axis=1),
+            "rank": rank_of(q_values, top_p), "p_top": np.exp(-h["lse"]),
+            "overlap": topk_overlap(lp_stored, q_values), "rows": np.arange(n)}
+
+
+def score_sparse_rows(base, other, tokens, mode: str = "llama") -> Dict[str, np.ndarray]:
+    """Reference outputs of a precise sparse base (SparseRows) against float
+    logits or other SparseRows: the score_rows keys, and kld_hi, rkl_hi,
+    js_hi (the intervals' upper ends; llama mode's KLD is exact there:
+    kld_hi = kld). Q's smallest probability in the bounds is the row's, as
+    the kernel takes it. Two sparse rows give the forward KL only."""
+    tokens = np.asarray(tokens, np.int64)
+    stored, lp = sparse_dense(base)
+    p = np.exp(lp)
+    facts = _tail_facts(base, lp)
+    kept = sparse_kept(base) if mode == "llama" else stored
+    if not hasattr(other, "headers"):  # float logits
+        y = as_float64(other)
+        lq = log_softmax(y)
+        q = np.exp(lq)
+        with np.errstate(invalid="ignore"):
+            terms = np.where(kept & (p > 0), p * (lp - lq), 0.0)
+        kld = terms.sum(axis=1)
+        kld[np.any(kept & (p > 0) & (lq == -np.inf), axis=1)] = np.inf
+        with np.errstate(divide="ignore"):
+            log_M = np.log(np.where(stored, 0.0, q).sum(axis=1))
+        log_q_min = lq.min(axis=1)
+        kl_lo, kl_hi, rkl_lo, rkl_hi, js_lo, js_hi = _tail_bounds(facts, log_M, log_q_min)
+        with np.errstate(invalid="ignore"):
+            rterms = np.where(stored & (q > 0), q * (lq - lp), 0.0)
+            mix = np.logaddexp(lp, lq) - np.log(2.0)
+            jterms = np.where(stored, _xlogy(p, lp, mix) + _xlogy(q, lq, mix), 0.0)
+        rkl = rterms.sum(axis=1)
+        rkl[np.any(stored & (q > 0) & (p == 0), axis=1)] = np.inf
+        js = 0.5 * jterms.sum(axis=1)
+        out = {"kld": kld + (kl_lo if mode == "exact" else 0.0),
+               "kld_hi": kld + (kl_hi if mode == "exact" else 0.0),
+               "rkl": rkl + rkl_lo, "rkl_hi": rkl + rkl_hi, "js": js + js_lo,
+               "js_hi": js + js_hi, "nll_q": -lq[np.arange(len(tokens)), tokens]}
+        out.update(_tops(base, lp, y))
+        del out["rows"]
+        return out
+    # two sparse rows: Q's unstored entries lie in [its tail minimum, tau],
+    # its tail's average standing for them in llama mode
+    q_stored, lq_s = sparse_dense(other)
+    qf = _tail_facts(other, lq_s)
+    hq = other.headers
+    with np.errstate(divide="ignore"):
+        avg = np.where(hq["tail_count"] > 0, hq["tail_lse"] - np.log(np.maximum(
+            hq["tail_count"], 1)), -np.inf)
+    avg = np.maximum(np.minimum(avg, qf["log_tau"]), qf["log_p_min"])
+    unknown = ~q_stored
+    lq_point = np.where(unknown, avg[:, None], lq_s)
+    lq_hi = np.where(unknown, qf["log_tau"][:, None], lq_s)
+    lq_lo = np.where(unknown, qf["log_p_min"][:, None], lq_s)
+    live = stored & (p > 0)
+    with np.errstate(invalid="ignore"):
+        point = np.where(kept & live, p * (lp - lq_point), 0.0).sum(axis=1)
+        lo = np.where(live, p * (lp - lq_hi), 0.0).sum(axis=1)
+        hi = np.where(live, p * (lp - lq_lo), 0.0).sum(axis=1)
+    point[np.any(kept & live & (lq_point == -np.inf), axis=1)] = np.inf
+    lo[np.any(live & (lq_hi == -np.inf), axis=1)] = np.inf
+    hi[np.any(live & (lq_lo == -np.inf), axis=1)] = np.inf
+    if mode == "exact":
+        q_known = np.where(~stored & q_stored, np.exp(lq_s), 0.0).sum(axis=1)
+        n_unknown = (stored & unknown).sum(axis=1)
+        m_q = np.exp(hq["tail_lse"].astype(np.float64))
+        taken_hi = np.minimum(n_unknown * np.exp(qf["log_tau"]), m_q)
+        taken_lo = n_unknown * np.exp(qf["log_p_min"])
+        M_lo = q_known + np.maximum(m_q - taken_hi, 0.0)
+        M_hi = q_known + np.maximum(m_q - taken_lo, 0.0)
+        with np.errstate(divide="ignore"):
+            y_min = np.where(~stored & q_stored, lq_s, np.inf).min(axis=1)
+        log_q_min = np.minimum(y_min, qf["log_p_min"])
+        with np.errstate(divide="ignore"):
+            kl_lo = _tail_bounds(facts, np.log(M_hi), log_q_min)[0]
+            kl_hi = _tail_bounds(facts, np.log(M_lo), log_q_min)[1]
+        kld, kld_hi = lo + kl_lo, hi + kl_hi
+    else:
+        kld = kld_hi = point
+    q_values = np.where(q_stored, lq_s, -np.inf)
+    out = {"kld": kld, "kld_hi": kld_hi,
+           "nll_q": (np.float64(1) * hq["x_max"] - hq["x_tok"]) + hq["lse"]}
+    out.update(_tops(base, lp, q_values))
+    del out["rows"]
+    return out

@@ -31,7 +31,10 @@ class KLDResult:
     probability), ``overlap`` ((tokens, 10): column k - 1 counts the base's
     top k among the other model's top k), ``token`` (the scored token's id)
     and, when asked for, ``rkl`` (the reverse KL, KL(other || base)) and
-    ``js`` (the Jensen-Shannon divergence).
+    ``js`` (the Jensen-Shannon divergence). Against a precise sparse base
+    (.kldp) the values its tail leaves unknown are intervals: ``kld`` (exact
+    mode), ``rkl`` and ``js`` are then the lower ends and ``kld_hi``,
+    ``rkl_hi``, ``js_hi`` the upper (None elsewhere).
     """
 
     def __init__(self, kld: np.ndarray, nll: np.ndarray, nll_base: np.ndarray,
@@ -40,7 +43,8 @@ class KLDResult:
                  top_base: Optional[np.ndarray] = None, top_other: Optional[np.ndarray] = None,
                  p_top: Optional[np.ndarray] = None, overlap: Optional[np.ndarray] = None,
                  token: Optional[np.ndarray] = None, rkl: Optional[np.ndarray] = None,
-                 js: Optional[np.ndarray] = None):
+                 js: Optional[np.ndarray] = None, kld_hi: Optional[np.ndarray] = None,
+                 rkl_hi: Optional[np.ndarray] = None, js_hi: Optional[np.ndarray] = None):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         n = len(kld)
@@ -60,7 +64,10 @@ class KLDResult:
         self.token = None if token is None else np.asarray(token, np.int64)
         self.rkl = None if rkl is None else np.asarray(rkl, np.float64)
         self.js = None if js is None else np.asarray(js, np.float64)
-        for name in ("p_top", "overlap", "token", "rkl", "js"):
+        self.kld_hi = None if kld_hi is None else np.asarray(kld_hi, np.float64)
+        self.rkl_hi = None if rkl_hi is None else np.asarray(rkl_hi, np.float64)
+        self.js_hi = None if js_hi is None else np.asarray(js_hi, np.float64)
+        for name in ("p_top", "overlap", "token", "rkl", "js", "kld_hi", "rkl_hi", "js_hi"):
             a = getattr(self, name)
             if a is not None and len(a) != n:
                 raise ValueError(f"{name} must have one entry per token")
@@ -105,7 +112,8 @@ class KLDResult:
         return KLDResult(joined("kld"), joined("nll"), joined("nll_base"), joined("rank"),
                          blocks[0].mode, sorted(set().union(*(b.topk for b in blocks))),
                          chunk_ends, joined("top_base"), joined("top_other"), joined("p_top"),
-                         joined("overlap"), joined("token"), joined("rkl"), joined("js"))
+                         joined("overlap"), joined("token"), joined("rkl"), joined("js"),
+                         joined("kld_hi"), joined("rkl_hi"), joined("js_hi"))
 
     def subset(self, mask: np.ndarray) -> "KLDResult":
         """The tokens where mask is true, as one chunk (statistics over a
@@ -117,7 +125,13 @@ class KLDResult:
         return KLDResult(self.kld[mask], self.nll[mask], self.nll_base[mask], self.rank[mask],
                          self.mode, self.topk, [int(mask.sum())], self.top_base[mask],
                          self.top_other[mask], pick(self.p_top), pick(self.overlap),
-                         pick(self.token), pick(self.rkl), pick(self.js))
+                         pick(self.token), pick(self.rkl), pick(self.js), pick(self.kld_hi),
+                         pick(self.rkl_hi), pick(self.js_hi))
+
+    @property
+    def bounded(self) -> bool:
+        """Whether the KLDs are intervals (exact mode against a precise sparse base)."""
+        return self.kld_hi is not None and self.mode == "exact"
 
     @property
     def count(self) -> int:
@@ -135,7 +149,7 @@ class KLDResult:
     def __getattr__(self, name: str) -> float:
         if name.startswith("_") or name in ("kld", "nll", "nll_base", "dp", "rank", "top_base",
                                             "top_other", "p_top", "overlap", "token", "rkl",
-                                            "js"):
+                                            "js", "kld_hi", "rkl_hi", "js_hi"):
             raise AttributeError(name)
         values = self.statistics()
         if name in values:

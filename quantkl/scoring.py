@@ -15,9 +15,10 @@ from . import _kernels
 from ._kernels import TOPK_MAX
 from .arrays import LlamaRows, logits_view, thread_count, threads_for, token_ids
 from .result import KLDResult
+from .sparse import SparseRows
 from .stats import MODES, RunningTotals, check_topk
 
-Distributions = Union[np.ndarray, LlamaRows]
+Distributions = Union[np.ndarray, LlamaRows, SparseRows]
 
 _CORRUPT = ("is corrupt: its codes decode to log-probabilities above 0 or summing past 1, "
             "or its scale is 0 with codes set; llama.cpp writes no such row")
@@ -36,6 +37,15 @@ _STATUS_MESSAGES = (
     ("P_EMPTY", "base logits {row} has no finite logit (all -inf)"),
     ("Q_EMPTY", "other logits {row} has no finite logit (all -inf)"),
 )
+# The same bits from the sparse kernels (a precise .kldp row on that side).
+_SPARSE_MESSAGES = {
+    "P_BAD_HEADER": "base sparse {row} has an impossible header (counts, max logit or "
+                    "log-sum-exp)",
+    "Q_BAD_HEADER": "other sparse {row} has an impossible header (counts, max logit or "
+                    "log-sum-exp)",
+    "P_CORRUPT": "base sparse {row} stores indices out of range or not increasing",
+    "Q_CORRUPT": "other sparse {row} stores indices out of range or not increasing",
+}
 READ_FAULT = _kernels.STATUS["READ_FAULT"]
 _MODE_CODES = _kernels.MODES
 
@@ -51,10 +61,12 @@ class RowError(ValueError):
         self.row, self.status = row, status
 
 
-def raise_for_status(status: np.ndarray, first_row: int = 0, chunk: Optional[int] = None) -> None:
+def raise_for_status(status: np.ndarray, first_row: int = 0, chunk: Optional[int] = None,
+                     sparse: bool = False) -> None:
     """Turn the kernels' per-row status bits into one clear RowError. The
     block's rows start at row ``first_row`` of the input; ``chunk`` (from 1,
-    as llama-perplexity counts) names the dump chunk they are."""
+    as llama-perplexity counts) names the dump chunk they are; ``sparse``:
+    the rows were precise sparse ones."""
     bad = np.flatnonzero(status)
     if not bad.size:
         return
@@ -64,6 +76,8 @@ def raise_for_status(status: np.ndarray, first_row: int = 0, chunk: Optional[int
     if chunk is not None:
         where += f" (chunk {chunk}, row {row} of the chunk)"
     for name, msg in _STATUS_MESSAGES:
+        if sparse:
+            msg = _SPARSE_MESSAGES.get(name, msg)
         if bits & _kernels.STATUS[name]:
             more = f" ({bad.size} bad rows in this block)" if bad.size > 1 else ""
             raise RowError(msg.format(row=where) + more, first_row + row, bits)
@@ -98,14 +112,19 @@ def score_rows(base: Distributions, other: Distributions, tokens: object, *,
     overlap, with ``reverse`` rkl, KL(other || base), and with ``js`` the
     Jensen-Shannon divergence) for one block.
 
-    ``base`` is float logits (rows, vocab) or :class:`LlamaRows`; ``other`` is
-    float logits or :class:`LlamaRows`. Raises ValueError/TypeError on bad
-    input; a bad row is named by its index from ``first_row`` and, when the
-    block is a dump's chunk, by ``chunk`` too.
+    ``base`` is float logits (rows, vocab), :class:`LlamaRows` or
+    :class:`~quantkl.sparse.SparseRows`; ``other`` is float logits or rows
+    of the base's kind. Against sparse rows the outputs hold intervals'
+    upper ends too (``kld_hi``, ``rkl_hi``, ``js_hi``). Raises
+    ValueError/TypeError on bad input; a bad row is named by its index from
+    ``first_row`` and, when the block is a dump's chunk, by ``chunk`` too.
     """
     mode_code = (_check_mode(mode) | (_kernels.REVERSE if reverse else 0)
                  | (_kernels.JS if js else 0))
     nthreads = thread_count(threads)
+    if isinstance(base, SparseRows) or isinstance(other, SparseRows):
+        return _score_sparse(base, other, tokens, mode_code, nthreads, first_row, chunk,
+                             reverse or js)
     if not isinstance(base, LlamaRows):
         base_view, base_dtype = logits_view(base, "base")
     if not isinstance(other, LlamaRows):
@@ -132,6 +151,45 @@ def score_rows(base: Distributions, other: Distributions, tokens: object, *,
         out = _kernels.score_logits_logits(base_view, base_dtype, other_view, other_dtype, tok,
                                            n_vocab, mode_code, nthreads)
     raise_for_status(out.status, first_row, chunk)
+    return out
+
+
+def _score_sparse(base, other, tokens, mode_code: int, nthreads: int, first_row: int,
+                  chunk: Optional[int], full_sums: bool) -> "_kernels.RowScores":
+    if not isinstance(base, SparseRows):
+        raise TypeError("sparse rows (a .kldp) are the base of a comparison, scored against "
+                        "float logits or other sparse rows")
+    n_rows, n_vocab = base.shape
+    if isinstance(other, SparseRows):
+        if full_sums:
+            raise ValueError("the reverse KL and Jensen-Shannon need the other side's full "
+                             "distribution: two precise sparse dumps give the forward KL only "
+                             "(score the quant's model against the base instead)")
+        o_rows, o_vocab = other.shape
+    elif isinstance(other, LlamaRows):
+        raise TypeError("a precise sparse base is scored against float logits or another "
+                        ".kldp, not llama rows")
+    else:
+        other_view, other_dtype = logits_view(other, "other")
+        o_rows, o_vocab = other_view.shape
+    if o_vocab != n_vocab:
+        raise ValueError(f"vocabulary mismatch: base has {n_vocab} entries, other has {o_vocab}")
+    if o_rows != n_rows:
+        raise ValueError(f"row count mismatch: base has {n_rows} rows, other has {o_rows}")
+    if n_rows == 0:
+        raise ValueError("no rows to score")
+    tok = token_ids(tokens, n_rows, n_vocab)
+    nthreads = threads_for(nthreads, n_rows, n_vocab)
+    if isinstance(other, SparseRows):
+        out = _kernels.score_sparse_sparse(base.header_bytes(), base.offsets, base.indices,
+                                           base.logits, other.header_bytes(), other.offsets,
+                                           other.indices, other.logits, tok, n_vocab, mode_code,
+                                           nthreads)
+    else:
+        out = _kernels.score_sparse_logits(base.header_bytes(), base.offsets, base.indices,
+                                           base.logits, other_view, other_dtype, tok, n_vocab,
+                                           mode_code, nthreads)
+    raise_for_status(out.status, first_row, chunk, sparse=True)
     return out
 
 
@@ -187,11 +245,15 @@ class Scorer:
         # llama mode prints PPL from the NLLs llama-perplexity stores (float32,
         # rounded step by step); the exact ones differ by its rounding noise.
         nll = rows.nll_q_llama if self.mode == "llama" else rows.nll_q
+        bounds = rows.kld_hi is not None
         return KLDResult(rows.kld, nll, rows.nll_p, rows.rank, self.mode, self.topk,
                          top_base=rows.top_p, top_other=rows.top_q, p_top=rows.p_top,
                          overlap=rows.overlap, token=np.asarray(tokens, np.int64),
                          rkl=rows.rkl if self.reverse else None,
-                         js=rows.js if self.js else None)
+                         js=rows.js if self.js else None,
+                         kld_hi=rows.kld_hi if bounds and self.mode == "exact" else None,
+                         rkl_hi=rows.rkl_hi if bounds and self.reverse else None,
+                         js_hi=rows.js_hi if bounds and self.js else None)
 
     def add(self, block: KLDResult, chunk_end: bool = True) -> None:
         """Append a block scored by ``score_block``; ``chunk_end`` closes its chunk."""
@@ -231,8 +293,12 @@ def score(base: Distributions, other: Distributions, tokens: object, *, mode: st
     """KL(base || other) and llama-perplexity's statistics over a block of rows.
 
     base, other: logits (rows, vocab) as float32/float16/bfloat16, or
-        :class:`LlamaRows` (llama.cpp dump rows). ``other`` may be LlamaRows
-        only when ``base`` is (two saved dumps).
+        :class:`LlamaRows` (llama.cpp dump rows), or
+        :class:`~quantkl.sparse.SparseRows` (a precise .kldp base). ``other``
+        may be rows only when ``base`` is rows of the same kind (two saved
+        dumps). Against sparse rows, exact mode's KLD and the reverse KL and
+        JS are intervals: the result's ``kld_hi``, ``rkl_hi``, ``js_hi`` are
+        their upper ends.
     tokens: the actual next token of each row (the one whose NLL is scored).
     mode: "llama" reproduces llama-perplexity (base terms with log p <= -16
         dropped); "exact" sums every term (a dump's code 0 is its clipped tail).

@@ -187,6 +187,13 @@ def statistics(result) -> Dict[str, float]:
             out.update(_spread("rkl", result.rkl))
     if result.js is not None and result.count:
         out.update(_spread("js", result.js))
+    # a precise sparse base's intervals: the mean of the upper ends beside the
+    # lower ends' (kld_mean, rkl_mean, js_mean)
+    with np.errstate(invalid="ignore", over="ignore"):
+        for name in ("kld", "rkl", "js"):
+            hi = getattr(result, f"{name}_hi")
+            if hi is not None and result.count and (name != "kld" or result.bounded):
+                out[f"{name}_mean_hi"] = float(np.mean(hi))
     return out
 
 

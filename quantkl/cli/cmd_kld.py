@@ -27,7 +27,7 @@ def cmd_dump(args) -> int:
     try:
         ppl = dump_base(model, text, args.output, n_ctx=args.ctx, chunks=args.chunks,
                         options=model_options(args), on_chunk=progress, verbose=args.debug,
-                        compress=args.compress)
+                        compress=args.compress, precise=args.precise)
     finally:
         progress.close()
     say(args, f"wrote {args.output}: {ppl.count} scored tokens from {os.path.basename(model)} "

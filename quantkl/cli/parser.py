@@ -99,9 +99,14 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--separator", default="\\n\\n",
                    help="what joins text files, with \\n escapes (default: a blank line)")
     d.add_argument("-o", "--output", required=True, metavar="BASE.kld")
-    d.add_argument("--compress", action="store_true",
-                   help="write a lossless .kldz (see quantkl pack) instead of a .kld, its "
-                        "blocks compressed as the rows arrive")
+    form = d.add_mutually_exclusive_group()
+    form.add_argument("--compress", action="store_true",
+                      help="write a lossless .kldz (see quantkl pack) instead of a .kld, its "
+                           "blocks compressed as the rows arrive")
+    form.add_argument("--precise", action="store_true",
+                      help="write a precise sparse .kldp instead: the kept entries' float32 "
+                           "logits and exact tail scalars, no rounded value (llama mode "
+                           "scores as against the float logits; exact mode gives intervals)")
     d.add_argument("--ctx", type=positive_int, default=512, help="context (default 512)")
     d.add_argument("--chunks", type=positive_int, default=None, help="at most N chunks")
     d.add_argument("-f", "--force", action="store_true", help="overwrite the output")
