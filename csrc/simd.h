@@ -42,11 +42,6 @@ QK_INLINE vf vf_load_u16(const void *p)
     return _mm512_cvtepi32_ps(_mm512_cvtepu16_epi32(_mm256_loadu_si256(p)));
 }
 QK_INLINE void vf_store(float *p, vf a) { _mm512_storeu_ps(p, a); }
-/* float32 values at QK_W int32 indices of base (each in range: the caller checks). */
-QK_INLINE vf vf_gather_f32(const float *base, const int32_t *idx)
-{
-    return _mm512_i32gather_ps(_mm512_loadu_si512(idx), base, 4);
-}
 /* Packing: vf_store_packed stores the lanes vm_pack's mask selects from p
  * on, in order, and may write anything up to p + QK_W. Here the register
  * form of vcompressps: its memory form is microcoded on Zen 4. */
@@ -121,10 +116,6 @@ QK_INLINE vf vf_load_u16(const void *p)
     return _mm256_cvtepi32_ps(_mm256_cvtepu16_epi32(_mm_loadu_si128(p)));
 }
 QK_INLINE void vf_store(float *p, vf a) { _mm256_storeu_ps(p, a); }
-QK_INLINE vf vf_gather_f32(const float *base, const int32_t *idx)
-{
-    return _mm256_i32gather_ps(base, _mm256_loadu_si256((const __m256i *)idx), 4);
-}
 QK_INLINE vf vf_fma(vf a, vf b, vf c) { return _mm256_fmadd_ps(a, b, c); }
 QK_INLINE vd vd_fma(vd a, vd b, vd c) { return _mm256_fmadd_pd(a, b, c); }
 QK_INLINE vf vf_max(vf a, vf b) { return _mm256_max_ps(a, b); }
@@ -257,10 +248,6 @@ QK_INLINE vf vf_load_u16(const void *p)
     return (vf){h[0], h[1], h[2], h[3]};
 }
 QK_INLINE void vf_store(float *p, vf a) { memcpy(p, &a, sizeof a); }
-QK_INLINE vf vf_gather_f32(const float *base, const int32_t *idx)
-{
-    return (vf){base[idx[0]], base[idx[1]], base[idx[2]], base[idx[3]]};
-}
 QK_INLINE vf vf_fma(vf a, vf b, vf c) { return a * b + c; }
 QK_INLINE vd vd_fma(vd a, vd b, vd c) { return a * b + c; }
 QK_INLINE vf vf_select(vmask m, vf a, vf b) { return (vf)((m & (vi)a) | (~m & (vi)b)); }

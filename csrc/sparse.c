@@ -215,14 +215,19 @@ static inline int indices_ok(const int32_t *idx, int64_t n_stored, int64_t n)
     return !bad;
 }
 
-/* Q's logits at QK_W stored indices (m of them valid) as float32. */
+/* Q's logits at QK_W stored indices (m of them valid) as float32: scalar
+ * loads from L1 (the block just streamed), as fast as vgatherdps on Zen 4
+ * and the same on every path. */
 QK_INLINE vf gather_q(const void *q, int dt, ptrdiff_t st, const int32_t *idx, int64_t m)
 {
-    if (dt == QK_F32 && st == 1 && m == QK_W)
-        return vf_gather_f32((const float *)q, idx);
     float y[QK_W] = {0};
-    for (int l = 0; l < m; l++)
-        y[l] = qk_logit_at(q, dt, st, idx[l]);
+    if (dt == QK_F32 && st == 1 && m == QK_W) {
+        for (int l = 0; l < QK_W; l++)
+            y[l] = ((const float *)q)[idx[l]];
+    } else {
+        for (int l = 0; l < m; l++)
+            y[l] = qk_logit_at(q, dt, st, idx[l]);
+    }
     return vf_load_f32(y);
 }
 
@@ -244,48 +249,141 @@ QK_INLINE void sparse_topk_add(qk_topk *t, vf v, const int32_t *idx, vmask valid
     }
 }
 
-/* llama mode's forward sum alone, as the float-logits kernel takes it: the
- * kept entries' log p~ = (x - X) - lse_hi and d = ((x - X) - (y - Y)) +
- * dlse_hi packed into the kept-terms buffer, its exps and terms vectorised.
- * Returns 0, or a status bit for a broken index. */
-QK_INLINE int32_t sparse_llama_sum(const qk_sparse_header *h, const int32_t *idx, const float *x,
-                                   const void *q, int dt, ptrdiff_t st, int64_t n, float ymax,
-                                   double lse_q, qk_topk *tp, double *kld)
+/* The kept entries waiting in the buffer (a: x - X, y: Q's logit) summed,
+ * full steps of them, all: the last partial step too; returns how many
+ * wait. Each term p~ d' with p~ = exp((x - X) - lse_hi) and d' = ((x - X)
+ * - (y - m)) + c, m the running max of Q and c the block's guess of Q's
+ * normaliser (sparse_logits_one_pass puts back what the guess misses). */
+QK_INLINE int sparse_kept_sum(kept_terms *b, int n, vf lse_hi, vf m, vf c, vd *t_lo, vd *t_hi,
+                              vf *p32, int all)
 {
-    const float lsep_hi = (float)h->lse, dlse_hi = (float)(lse_q - h->lse);
-    const vf xmax = vf_set1(h->x_max), lse_hi = vf_set1(lsep_hi), ym = vf_set1(ymax),
-             dlse = vf_set1(dlse_hi), cut = vf_set1(-16.0f);
-    kept_terms kept;
-    int kn = 0;
-    vd t_lo = vd_set1(0.0), t_hi = vd_set1(0.0);
-    vf p32 = vf_set1(0.0f);
+    int i = 0;
+    for (; i < n && (all || i + QK_SPAN <= n); i += QK_SPAN) {
+        vf xr[QK_G], y[QK_G], p[QK_G], t[QK_G];
+        vmask live[QK_G];
+        kept_load_g(b, i, n, xr, y, live);
+        for (int j = 0; j < QK_G; j++) {
+            p[j] = xr[j] - lse_hi;
+            t[j] = (xr[j] - (y[j] - m)) + c;
+        }
+        vf_exp_in_range_n(p, QK_G); /* kept: p~ > e^-16 */
+        for (int j = 0; j < QK_G; j++) {
+            p[j] = vf_keep(live[j], p[j]);
+            t[j] = vf_keep(live[j], p[j] * t[j]);
+        }
+        *p32 = *p32 + sum_g(p);
+        add_terms_g(t_lo, t_hi, t);
+    }
+    return all ? 0 : kept_keep_rest(b, i, n);
+}
+
+/* llama mode's forward KL in one pass over Q, as the u16 x f32 kernel takes
+ * it (llama_logits_one_pass): each block of Q into its normaliser, then the
+ * stored entries that fall in the block gathered from L1 and their kept
+ * lanes packed; at the block's end their terms run against Q's running max
+ * m and a guess G of its normaliser, c = G - m - lse_p, taken from the
+ * largest stored entry so far (y - (x - X)): d' is then lp - lq less the
+ * guess's error, as small as the two-pass terms where P and Q are alike,
+ * and what the guess misses, times the kept p of the terms it served, is
+ * put back in float64 at the end. With its float32 copy, 0.9-1.1x the u16
+ * x f32 kernel's rate on SmolLM2 rows (two passes, Q's normaliser and then
+ * the gather from L2, gave 0.7x; AVX-512, 2 threads, Zen 4).
+ * Sets out->kld, nq and tq; returns 0 or QK_P_CORRUPT. */
+QK_INLINE int32_t sparse_logits_one_pass(const qk_sparse_header *h, const int32_t *idx,
+                                         const float *x, const void *q, int dt, ptrdiff_t st,
+                                         int64_t n, norm *nq, qk_topk *tq, qk_topk *tp,
+                                         qk_row *out)
+{
     const int64_t stored = h->n_stored;
     if (!indices_ok(idx, stored, n))
         return QK_P_CORRUPT;
-    for (int64_t k = 0; k < stored; k += QK_W) {
-        const int64_t m = stored - k < QK_W ? stored - k : QK_W;
-        const vmask valid = m == QK_W ? vm_all() : vm_first((int)m);
-        float xs[QK_W];
-        if (m < QK_W) {
-            memset(xs, 0, sizeof xs);
-            memcpy(xs, x + k, sizeof(float) * (size_t)m);
+    const float lsep_hi = (float)h->lse;
+    const vf xmax = vf_set1(h->x_max), lse_hi = vf_set1(lsep_hi), cut = vf_set1(-16.0f);
+    norm_init(nq);
+    qk_topk bq = {0};
+    kept_terms kept;
+    int kn = 0, inf = 0;
+    vd t_lo = vd_set1(0.0), t_hi = vd_set1(0.0);
+    /* kept p~, and kept p~ times ((Y - m_b) - c_b), Y the final max and m_b,
+     * c_b each block's: relative to the running max, as logits of -3e38
+     * would lose the normaliser to float64 rounding otherwise */
+    double p_sum = 0.0, shift = 0.0;
+    float shift_max = 0.0f, best = -INFINITY, guess_y = 0.0f, guess_xr = 0.0f;
+    int64_t k = 0;
+    for (int64_t b = 0; b < n; b += QK_BLOCK) {
+        const int64_t e = block_end(b, n);
+        norm_block(nq, q, dt, st, b, e, &bq, 0, QK_PREFETCH / 2);
+        const int64_t k0 = k;
+        vf block_max = vf_set1(-INFINITY);
+        /* whole vectors of stored entries, the last may reach past the
+         * block: its logits come from L2 a block early, and its terms
+         * are as good against this block's max */
+        for (; k < stored && idx[k] < e; k += QK_W) {
+            const int64_t m = stored - k < QK_W ? stored - k : QK_W;
+            const vmask valid = m == QK_W ? vm_all() : vm_first((int)m);
+            float xs[QK_W];
+            if (m < QK_W) {
+                for (int l = 0; l < QK_W; l++)
+                    xs[l] = l < m ? x[k + l] : -INFINITY;
+            }
+            const vf v = vf_load_f32(m == QK_W ? x + k : xs);
+            const vf y = gather_q(q, dt, st, idx + k, m);
+            sparse_topk_add(tp, v, idx + k, valid);
+            block_max = vf_max(block_max, v);
+            const vf xr = v - xmax;
+            const vmask keep = vm_and(valid, vf_gt(xr - lse_hi, cut));
+            if (vm_bits(keep) == vm_bits(vm_all())) { /* stored entries are kept but for a
+                                                          row's few extra top ones */
+                vf_store(kept.a + kn, xr);
+                vf_store(kept.y + kn, y);
+                kn += QK_W;
+            } else {
+                vf_store_packed(kept.a + kn, vm_pack(keep), xr);
+                vf_store_packed(kept.y + kn, vm_pack(keep), y);
+                kn += count(keep);
+            } /* at most a block and a vector more than the
+                                  leftover step: within QK_KEPT */
         }
-        const vf v = vf_load_f32(m == QK_W ? x + k : xs);
-        const vf y = gather_q(q, dt, st, idx + k, m);
-        sparse_topk_add(tp, v, idx + k, valid);
-        const vf xr = v - xmax, e = xr - lse_hi;
-        const vmask keep = vm_and(valid, vf_gt(e, cut));
-        const vf d = (xr - (y - ym)) + dlse;
-        vf_store_packed(kept.a + kn, vm_pack(keep), e);
-        vf_store_packed(kept.y + kn, vm_pack(keep), d);
-        kn += count(keep);
-        if (kn >= QK_BLOCK)
-            kn = kept_sum(&kept, kn, KEPT_LOG_P, NULL, &t_lo, &t_hi, &p32, 0);
+        if (k > stored)
+            k = stored;
+        if (!(nq->max > -INFINITY && nq->max < INFINITY)) {
+            /* no finite y yet: any kept entry meets a -inf logit (+inf: the
+             * row is refused) */
+            inf |= kn > 0;
+            kn = 0;
+            continue;
+        }
+        const float bmax = vf_hmax(block_max);
+        if (bmax > best) {
+            for (int64_t j = k0; j < k; j++) {
+                const float y = q_at(q, dt, st, idx[j]);
+                if (x[j] == bmax && y > -INFINITY) {
+                    best = bmax;
+                    guess_y = y;
+                    guess_xr = x[j] - h->x_max;
+                    break;
+                }
+            }
+        }
+        if (p_sum > 0.0)
+            shift += p_sum * ((double)nq->max - (double)shift_max);
+        shift_max = nq->max;
+        const float c_b = best > -INFINITY
+                              ? (float)(((double)guess_y - (double)nq->max) - (double)guess_xr)
+                              : 0.0f;
+        vf p32 = vf_set1(0.0f);
+        kn = sparse_kept_sum(&kept, kn, lse_hi, vf_set1(nq->max), vf_set1(c_b), &t_lo, &t_hi,
+                             &p32, e == n);
+        const double p_block = vd_hsum(widened_sum(vf_lo_pd(p32), vf_hi_pd(p32)));
+        p_sum += p_block;
+        shift -= p_block * (double)c_b;
     }
-    kept_sum(&kept, kn, KEPT_LOG_P, NULL, &t_lo, &t_hi, &p32, 1);
-    const double lsep_lo = h->lse - lsep_hi, dlse_lo = (lse_q - h->lse) - dlse_hi;
-    const double p_sum = vd_hsum(widened_sum(vf_lo_pd(p32), vf_hi_pd(p32)));
-    *kld = exp(-lsep_lo) * (vd_hsum(widened_sum(t_lo, t_hi)) + dlse_lo * p_sum);
+    const side_values qv = logits_side(q, dt, st);
+    topk_of_blocks(tq, &bq, &qv, n);
+    const double lse_q = norm_lse(nq), lsep_lo = h->lse - lsep_hi;
+    out->kld = inf ? INFINITY
+                   : exp(-lsep_lo) * (vd_hsum(widened_sum(t_lo, t_hi)) +
+                                      ((lse_q - h->lse) * p_sum + shift));
     return 0;
 }
 
@@ -293,8 +391,9 @@ QK_INLINE int32_t sparse_llama_sum(const qk_sparse_header *h, const int32_t *idx
  * and its smallest logit: over the whole row, not only P's tail, which can
  * only lower q_min and so widens the upper bound, never breaks it. */
 static void q_f64_pass(const void *q, int dt, ptrdiff_t st, int64_t n, float ymax,
-                       double *sum, float *y_min)
+                       double *sum, float *y_min, int64_t *live)
 {
+    int64_t n_live = 0;
     const vd ym = vd_set1((double)ymax);
     vd s_lo = vd_set1(0.0), s_hi = vd_set1(0.0);
     vf mn = vf_set1(INFINITY);
@@ -305,6 +404,7 @@ static void q_f64_pass(const void *q, int dt, ptrdiff_t st, int64_t n, float yma
         load_logits_g(y, valid, q, dt, st, i, n, i + QK_SPAN <= n);
         for (int j = 0; j < QK_G; j++) {
             mn = vf_min(mn, vf_select(valid[j], y[j], vf_set1(INFINITY)));
+            n_live += count(vm_and(valid[j], vf_gt(y[j], vf_set1(-INFINITY))));
             e[2 * j] = vf_lo_pd(y[j]) - ym;
             e[2 * j + 1] = vf_hi_pd(y[j]) - ym;
         }
@@ -316,6 +416,7 @@ static void q_f64_pass(const void *q, int dt, ptrdiff_t st, int64_t n, float yma
     }
     *sum = vd_hsum(s_lo + s_hi);
     *y_min = vf_hmin(mn);
+    *live = n_live;
 }
 
 /* Float64 sums over the stored entries: the forward KL (llama mode: its
@@ -327,7 +428,8 @@ static void sparse_logits_f64(const qk_sparse_header *h, const int32_t *idx, con
 {
     double s_all;
     float y_min;
-    q_f64_pass(q, dt, st, n, ymax, &s_all, &y_min);
+    int64_t q_live, q_live_stored = 0; /* entries where q > 0, in all and where P stores */
+    q_f64_pass(q, dt, st, n, ymax, &s_all, &y_min, &q_live);
     const double lse_q = log(s_all);
     const float lse_hi = (float)h->lse;
     double kl = 0.0, rkl = 0.0, js = 0.0, q_stored = 0.0;
@@ -349,6 +451,7 @@ static void sparse_logits_f64(const qk_sparse_header *h, const int32_t *idx, con
         }
         if (lq > -INFINITY) {
             q_stored += exp(lq);
+            q_live_stored++;
             if (lp == -INFINITY)
                 inf_rkl = 1;
             else
@@ -360,7 +463,10 @@ static void sparse_logits_f64(const qk_sparse_header *h, const int32_t *idx, con
     /* Q's tail mass: 1 less its stored mass, both float64 sums of at most
      * n terms of at most 1, each within n * 2^-52 (relative to 1) */
     const double slack = (double)n * 2.3e-16, M = 1.0 - q_stored;
-    const double M_lo = M - slack, M_hi = M + slack;
+    /* none of Q's mass there when every q > 0 is at a stored entry: then
+     * exactly 0, not a rounding's width */
+    const int none = q_live == q_live_stored;
+    const double M_lo = none ? 0.0 : M - slack, M_hi = none ? 0.0 : M + slack;
     const tail_facts t = {
         h->tail_lse,
         fmin(h->tail_lse, ((double)x_min - h->x_max) - h->lse),
@@ -388,10 +494,9 @@ static void sparse_logits_f64(const qk_sparse_header *h, const int32_t *idx, con
     }
 }
 
-void QK_NAME(qk_score_sparse_logits)(const qk_sparse_header *h, const int32_t *idx,
-                                     const float *x, const void *q, int dt, ptrdiff_t st,
-                                     int64_t n, int64_t tok, int mode, qk_row *out,
-                                     qk_bounds *b)
+QK_INLINE void sparse_logits_row(const qk_sparse_header *h, const int32_t *idx, const float *x,
+                                 const void *q, int dt, ptrdiff_t st, int64_t n, int64_t tok,
+                                 int mode, qk_row *out, qk_bounds *b)
 {
     memset(out, 0, sizeof *out);
     memset(b, 0, sizeof *b);
@@ -402,29 +507,62 @@ void QK_NAME(qk_score_sparse_logits)(const qk_sparse_header *h, const int32_t *i
     norm nq;
     qk_topk tq = {0}, tp = {0};
     double lse_q;
-    out->status = logits_pass1(q, dt, st, n, &nq, &tq, &lse_q);
-    if (out->status)
-        return;
-    if (!(mode & (QK_EXACT | QK_REVERSE | QK_JS))) {
-        out->status = sparse_llama_sum(h, idx, x, q, dt, st, n, nq.max, lse_q, &tp, &out->kld);
-        b->kld_hi = out->kld;
-    } else if (!indices_ok(idx, h->n_stored, n)) {
-        out->status = QK_P_CORRUPT;
+    if (mode & QK_EXACT) {
+        out->status = logits_pass1(q, dt, st, n, &nq, &tq, &lse_q);
+        if (!out->status && !indices_ok(idx, h->n_stored, n))
+            out->status = QK_P_CORRUPT;
     } else {
-        sparse_logits_f64(h, idx, x, q, dt, st, n, nq.max, mode, &tp, out, b);
-        if (!(mode & QK_EXACT)) { /* the forward sum exactly as the plain path takes it */
-            qk_topk unused = {0};
-            sparse_llama_sum(h, idx, x, q, dt, st, n, nq.max, lse_q, &unused, &out->kld);
-            b->kld_hi = out->kld;
-        }
+        out->status = sparse_logits_one_pass(h, idx, x, q, dt, st, n, &nq, &tq, &tp, out);
+        lse_q = norm_lse(&nq);
+        if (!out->status)
+            out->status = norm_status(&nq, lse_q, QK_Q_NONFINITE, QK_Q_EMPTY);
+        b->kld_hi = out->kld;
     }
     if (out->status)
         return;
+    if (mode & (QK_EXACT | QK_REVERSE | QK_JS)) {
+        qk_topk unused = {0};
+        const double kld = out->kld;
+        sparse_logits_f64(h, idx, x, q, dt, st, n, nq.max, mode, mode & QK_EXACT ? &tp : &unused,
+                          out, b);
+        if (!(mode & QK_EXACT)) /* llama mode's sum: the one pass's */
+            out->kld = b->kld_hi = kld;
+    }
     const float y_tok = q_at(q, dt, st, tok);
     out->nll_p = ((double)h->x_max - h->x_tok) + h->lse;
     out->nll_q = ((double)nq.max - y_tok) + lse_q;
     out->nll_q_llama = llama_nll(nq.max, lse_q, y_tok);
     qk_set_tops(out, &tp, &tq, exp(-h->lse));
+}
+
+/* float32 contiguous logits, the kind every tool gives, in a copy of their
+ * own: with the dtype and stride constants, Q's pass ran 2x faster */
+static __attribute__((noinline)) void sparse_logits_f32(const qk_sparse_header *h,
+                                                        const int32_t *idx, const float *x,
+                                                        const void *q, int64_t n, int64_t tok,
+                                                        int mode, qk_row *out, qk_bounds *b)
+{
+    sparse_logits_row(h, idx, x, q, QK_F32, 1, n, tok, mode, out, b);
+}
+
+static __attribute__((noinline)) void sparse_logits_any(const qk_sparse_header *h,
+                                                        const int32_t *idx, const float *x,
+                                                        const void *q, int dt, ptrdiff_t st,
+                                                        int64_t n, int64_t tok, int mode,
+                                                        qk_row *out, qk_bounds *b)
+{
+    sparse_logits_row(h, idx, x, q, dt, st, n, tok, mode, out, b);
+}
+
+void QK_NAME(qk_score_sparse_logits)(const qk_sparse_header *h, const int32_t *idx,
+                                     const float *x, const void *q, int dt, ptrdiff_t st,
+                                     int64_t n, int64_t tok, int mode, qk_row *out,
+                                     qk_bounds *b)
+{
+    if (dt == QK_F32 && st == 1)
+        sparse_logits_f32(h, idx, x, q, n, tok, mode, out, b);
+    else
+        sparse_logits_any(h, idx, x, q, dt, st, n, tok, mode, out, b);
 }
 
 /* --- sparse x sparse ------------------------------------------------------------ */
@@ -518,8 +656,8 @@ void QK_NAME(qk_score_sparse_sparse)(const qk_sparse_header *hp, const int32_t *
          * less what P's stored entries take of it (between unknown * its
          * tail minimum and the smaller of unknown * tau and all of it) */
         const double m_q = exp(hq->tail_lse);
-        const double taken_hi = fmin((double)unknown * exp(lq_tau), m_q);
-        const double taken_lo = (double)unknown * exp(lq_floor);
+        const double taken_hi = unknown ? fmin((double)unknown * exp(lq_tau), m_q) : 0.0;
+        const double taken_lo = unknown ? (double)unknown * exp(lq_floor) : 0.0;
         const double M_lo = q_known + fmax(m_q - taken_hi, 0.0);
         const double M_hi = q_known + fmax(m_q - taken_lo, 0.0);
         const tail_facts t = {

@@ -359,16 +359,16 @@ def compare_dumps(base: LogitDump, other: LogitDump, *, mode: str = "llama",
     """Score two saved dumps of the same tokens against each other; no model
     needed. ``chunks``, ``stop`` and ``info`` as for :func:`score_model`."""
     start = time.perf_counter()
-    if (base.n_ctx, base.n_vocab, base.n_chunk) != (other.n_ctx, other.n_vocab, other.n_chunk):
-        raise ValueError(f"dumps differ in shape: {base.path} has n_ctx={base.n_ctx}, "
-                         f"n_vocab={base.n_vocab}, {base.n_chunk} chunks; {other.path} has "
-                         f"n_ctx={other.n_ctx}, n_vocab={other.n_vocab}, {other.n_chunk} chunks")
     if other.precise and not base.precise:
         raise ValueError(f"{other.path} is a precise .kldp: compare it as the base (first), "
                          f"against another .kldp")
     if base.precise and not other.precise:
         raise ValueError(f"{base.path} is a precise .kldp and {other.path} is not: compare two "
                          f".kldp files, or score the other model against {base.path}")
+    if (base.n_ctx, base.n_vocab, base.n_chunk) != (other.n_ctx, other.n_vocab, other.n_chunk):
+        raise ValueError(f"dumps differ in shape: {base.path} has n_ctx={base.n_ctx}, "
+                         f"n_vocab={base.n_vocab}, {base.n_chunk} chunks; {other.path} has "
+                         f"n_ctx={other.n_ctx}, n_vocab={other.n_vocab}, {other.n_chunk} chunks")
     if not np.array_equal(base.tokens, other.tokens):
         i = int(np.argmax(base.tokens != other.tokens))
         raise ValueError(f"dumps were made from different tokens (first difference at position "

@@ -394,8 +394,10 @@ def score_sparse_rows(base, other, tokens, mode: str = "llama") -> Dict[str, np.
         q_known = np.where(~stored & q_stored, np.exp(lq_s), 0.0).sum(axis=1)
         n_unknown = (stored & unknown).sum(axis=1)
         m_q = np.exp(hq["tail_lse"].astype(np.float64))
-        taken_hi = np.minimum(n_unknown * np.exp(qf["log_tau"]), m_q)
-        taken_lo = n_unknown * np.exp(qf["log_p_min"])
+        with np.errstate(invalid="ignore"):  # no unknown entry: nothing taken
+            taken_hi = np.where(n_unknown > 0, np.minimum(n_unknown * np.exp(qf["log_tau"]),
+                                                          m_q), 0.0)
+            taken_lo = np.where(n_unknown > 0, n_unknown * np.exp(qf["log_p_min"]), 0.0)
         M_lo = q_known + np.maximum(m_q - taken_hi, 0.0)
         M_hi = q_known + np.maximum(m_q - taken_lo, 0.0)
         with np.errstate(divide="ignore"):
