@@ -101,7 +101,7 @@ typedef struct {
     float x_max;         /* the row's largest logit */
     float x_tok;         /* the scored token's logit */
     float tail_min;      /* the smallest logit not stored (+inf when every entry is stored) */
-    float reserved;      /* 0 */
+    float tail_max;      /* the largest logit not stored (-inf when every entry is stored) */
     double lse;          /* log sum exp(x - x_max) over the row, from float64 exps */
     double tail_lse;     /* log of the tail's probability mass, summed over the tail itself in
                             float64 (-inf: no tail, or no mass in it) */

@@ -30,7 +30,8 @@ static inline int header_ok(const qk_sparse_header *h, int64_t n)
     return (int64_t)h->n_stored + (int64_t)h->tail_count == n && h->n_stored >= 1 &&
            isfinite(h->x_max) && isfinite(h->lse) && h->lse >= 0.0 && h->lse <= 1e3 &&
            !isnan(h->tail_lse) && h->tail_lse <= 1e-9 && !isnan(h->tail_min) &&
-           !isnan(h->x_tok) && h->x_tok <= h->x_max;
+           !isnan(h->tail_max) && h->tail_max <= h->x_max && !isnan(h->x_tok) &&
+           h->x_tok <= h->x_max && (h->tail_count == 0 || h->tail_min <= h->tail_max);
 }
 
 /* --- encoding -------------------------------------------------------------- */
@@ -89,17 +90,19 @@ int QK_NAME(qk_sparse_measure)(const float *x, ptrdiff_t st, int64_t n, int64_t 
         kept = top.n;
     }
     double tail = 0.0;
-    float tail_min = INFINITY;
+    float tail_min = INFINITY, tail_max = -INFINITY;
     for (int64_t i = 0; i < n; i++) {
         const float v = x[i * st];
         if (!stored_at(v, i, h, lse_hi, list)) {
             tail += exp((double)v - (double)mx);
             tail_min = v < tail_min ? v : tail_min;
+            tail_max = v > tail_max ? v : tail_max;
         }
     }
     h->n_stored = (uint32_t)kept;
     h->tail_count = (uint32_t)(n - kept);
     h->tail_min = tail_min;
+    h->tail_max = tail_max;
     h->tail_lse = tail > 0.0 ? log(tail) - h->lse : -INFINITY;
     return QK_OK;
 }
@@ -129,10 +132,9 @@ void QK_NAME(qk_sparse_fill)(const float *x, ptrdiff_t st, int64_t n, const qk_s
 /* --- the tail's intervals ---------------------------------------------------- */
 
 /* What the bounds read of a row pair, as logs (-inf for a zero mass):
- * P's tail mass m, the largest and smallest p its entries can have (tau:
- * no tail entry exceeds the smallest stored one, nor m; p_min: the stored
- * tail minimum), Q's mass M on P's tail (within [M_lo, M_hi]) and its
- * smallest probability there. */
+ * P's tail mass m, its entries' largest and smallest p (tau, p_min: from
+ * the stored tail maximum and minimum), Q's mass M on P's tail (within
+ * [M_lo, M_hi]) and its smallest probability there. */
 typedef struct {
     double log_m, log_tau, log_p_min;
     double log_M_lo, log_M_hi, log_q_min;
@@ -433,13 +435,11 @@ static void sparse_logits_f64(const qk_sparse_header *h, const int32_t *idx, con
     const double lse_q = log(s_all);
     const float lse_hi = (float)h->lse;
     double kl = 0.0, rkl = 0.0, js = 0.0, q_stored = 0.0;
-    float x_min = INFINITY;
     int inf_kl = 0, inf_rkl = 0;
     for (int64_t k = 0; k < (int64_t)h->n_stored; k++) {
         const int64_t i = idx[k];
         const float v = x[k];
         qk_topk_push(tp, v, i);
-        x_min = v < x_min ? v : x_min;
         const double lp = ((double)v - h->x_max) - h->lse;
         const double lq = ((double)q_at(q, dt, st, i) - ymax) - lse_q;
         const int in_sum = (flags & QK_EXACT) || sparse_kept(v, h->x_max, lse_hi);
@@ -466,10 +466,11 @@ static void sparse_logits_f64(const qk_sparse_header *h, const int32_t *idx, con
     /* none of Q's mass there when every q > 0 is at a stored entry: then
      * exactly 0, not a rounding's width */
     const int none = q_live == q_live_stored;
-    const double M_lo = none ? 0.0 : M - slack, M_hi = none ? 0.0 : M + slack;
+    /* else some q > 0 is there: M > 0, however small */
+    const double M_lo = none ? 0.0 : fmax(M - slack, 4.9e-324), M_hi = none ? 0.0 : M + slack;
     const tail_facts t = {
         h->tail_lse,
-        fmin(h->tail_lse, ((double)x_min - h->x_max) - h->lse),
+        fmin(h->tail_lse, ((double)h->tail_max - h->x_max) - h->lse),
         ((double)h->tail_min - h->x_max) - h->lse,
         M_lo > 0.0 ? log(M_lo) : -INFINITY,
         M_hi > 0.0 ? log(fmin(M_hi, 1.0)) : -INFINITY,
@@ -596,12 +597,9 @@ void QK_NAME(qk_score_sparse_sparse)(const qk_sparse_header *hp, const int32_t *
      * its smallest stored p, at least its tail minimum; llama mode takes the
      * tail's average there */
     qk_topk tq = {0}, tp = {0};
-    float xq_min = INFINITY;
-    for (int64_t k = 0; k < (int64_t)hq->n_stored; k++) {
+    for (int64_t k = 0; k < (int64_t)hq->n_stored; k++)
         qk_topk_push(&tq, xq[k], iq[k]);
-        xq_min = xq[k] < xq_min ? xq[k] : xq_min;
-    }
-    const double lq_tau = fmin(hq->tail_lse, ((double)xq_min - hq->x_max) - hq->lse);
+    const double lq_tau = fmin(hq->tail_lse, ((double)hq->tail_max - hq->x_max) - hq->lse);
     const double lq_floor = ((double)hq->tail_min - hq->x_max) - hq->lse;
     double lq_avg = hq->tail_count ? hq->tail_lse - log((double)hq->tail_count) : -INFINITY;
     lq_avg = fmax(fmin(lq_avg, lq_tau), lq_floor);
@@ -609,14 +607,12 @@ void QK_NAME(qk_score_sparse_sparse)(const qk_sparse_header *hp, const int32_t *
     double q_known = 0.0;      /* Q's stored mass outside P's stored entries */
     float y_min_tail = INFINITY; /* Q's smallest stored logit there */
     int64_t unknown = 0;       /* P's stored entries in Q's tail */
-    float x_min = INFINITY;
     int inf_lo = 0, inf_hi = 0;
     int64_t j = 0;
     for (int64_t k = 0; k < (int64_t)hp->n_stored; k++) {
         const int64_t i = ip[k];
         const float v = xp[k];
         qk_topk_push(&tp, v, i);
-        x_min = v < x_min ? v : x_min;
         for (; j < (int64_t)hq->n_stored && iq[j] < i; j++) {
             q_known += exp(((double)xq[j] - hq->x_max) - hq->lse);
             y_min_tail = xq[j] < y_min_tail ? xq[j] : y_min_tail;
@@ -662,7 +658,7 @@ void QK_NAME(qk_score_sparse_sparse)(const qk_sparse_header *hp, const int32_t *
         const double M_hi = q_known + fmax(m_q - taken_lo, 0.0);
         const tail_facts t = {
             hp->tail_lse,
-            fmin(hp->tail_lse, ((double)x_min - hp->x_max) - hp->lse),
+            fmin(hp->tail_lse, ((double)hp->tail_max - hp->x_max) - hp->lse),
             ((double)hp->tail_min - hp->x_max) - hp->lse,
             M_lo > 0.0 ? log(M_lo) : -INFINITY,
             M_hi > 0.0 ? log(M_hi) : -INFINITY,

@@ -294,13 +294,11 @@ def sparse_kept(rows) -> np.ndarray:
     return kept
 
 
-def _tail_facts(rows, lp_stored: np.ndarray) -> Dict[str, np.ndarray]:
+def _tail_facts(rows) -> Dict[str, np.ndarray]:
     h = rows.headers
-    with np.errstate(divide="ignore"):
-        smallest = np.where(np.isfinite(lp_stored), lp_stored, np.inf).min(axis=1)
-    smallest = np.where(np.isfinite(smallest), smallest, -np.inf)
     return {"log_m": h["tail_lse"].astype(np.float64),
-            "log_tau": np.minimum(h["tail_lse"], smallest),
+            "log_tau": np.minimum(h["tail_lse"],
+                                  (h["tail_max"].astype(np.float64) - h["x_max"]) - h["lse"]),
             "log_p_min": (h["tail_min"].astype(np.float64) - h["x_max"]) - h["lse"]}
 
 
@@ -341,26 +339,31 @@ def score_sparse_rows(base, other, tokens, mode: str = "llama") -> Dict[str, np.
     tokens = np.asarray(tokens, np.int64)
     stored, lp = sparse_dense(base)
     p = np.exp(lp)
-    facts = _tail_facts(base, lp)
+    facts = _tail_facts(base)
     kept = sparse_kept(base) if mode == "llama" else stored
     if not hasattr(other, "headers"):  # float logits
         y = as_float64(other)
         lq = log_softmax(y)
         q = np.exp(lq)
+        # infinite where a live p (log p > -inf, even if p underflows) meets q = 0
+        live_p, live_q = lp > -np.inf, lq > -np.inf
         with np.errstate(invalid="ignore"):
-            terms = np.where(kept & (p > 0), p * (lp - lq), 0.0)
+            terms = np.where(kept & live_p, p * (lp - lq), 0.0)
         kld = terms.sum(axis=1)
-        kld[np.any(kept & (p > 0) & (lq == -np.inf), axis=1)] = np.inf
+        kld[np.any(kept & live_p & ~live_q, axis=1)] = np.inf
+        # Q's mass on P's tail, positive (if below float64's range) where a q > 0 is there
+        M = np.where(stored, 0.0, q).sum(axis=1)
+        M = np.where(np.any(~stored & live_q, axis=1), np.maximum(M, 4.9e-324), M)
         with np.errstate(divide="ignore"):
-            log_M = np.log(np.where(stored, 0.0, q).sum(axis=1))
+            log_M = np.log(M)
         log_q_min = lq.min(axis=1)
         kl_lo, kl_hi, rkl_lo, rkl_hi, js_lo, js_hi = _tail_bounds(facts, log_M, log_q_min)
         with np.errstate(invalid="ignore"):
-            rterms = np.where(stored & (q > 0), q * (lq - lp), 0.0)
+            rterms = np.where(stored & live_q, q * (lq - lp), 0.0)
             mix = np.logaddexp(lp, lq) - np.log(2.0)
             jterms = np.where(stored, _xlogy(p, lp, mix) + _xlogy(q, lq, mix), 0.0)
         rkl = rterms.sum(axis=1)
-        rkl[np.any(stored & (q > 0) & (p == 0), axis=1)] = np.inf
+        rkl[np.any(stored & live_q & ~live_p, axis=1)] = np.inf
         js = 0.5 * jterms.sum(axis=1)
         out = {"kld": kld + (kl_lo if mode == "exact" else 0.0),
                "kld_hi": kld + (kl_hi if mode == "exact" else 0.0),
@@ -372,7 +375,7 @@ def score_sparse_rows(base, other, tokens, mode: str = "llama") -> Dict[str, np.
     # two sparse rows: Q's unstored entries lie in [its tail minimum, tau],
     # its tail's average standing for them in llama mode
     q_stored, lq_s = sparse_dense(other)
-    qf = _tail_facts(other, lq_s)
+    qf = _tail_facts(other)
     hq = other.headers
     with np.errstate(divide="ignore"):
         avg = np.where(hq["tail_count"] > 0, hq["tail_lse"] - np.log(np.maximum(
@@ -382,7 +385,7 @@ def score_sparse_rows(base, other, tokens, mode: str = "llama") -> Dict[str, np.
     lq_point = np.where(unknown, avg[:, None], lq_s)
     lq_hi = np.where(unknown, qf["log_tau"][:, None], lq_s)
     lq_lo = np.where(unknown, qf["log_p_min"][:, None], lq_s)
-    live = stored & (p > 0)
+    live = stored & (lp > -np.inf)
     with np.errstate(invalid="ignore"):
         point = np.where(kept & live, p * (lp - lq_point), 0.0).sum(axis=1)
         lo = np.where(live, p * (lp - lq_hi), 0.0).sum(axis=1)

@@ -7,7 +7,7 @@ fewer pass it, with their indices; and exact scalars of the rest (the
 "tail"): the row's max logit and float64 log-sum-exp, so that log p = (x -
 max) - lse in float64 with no rounded value, the tail's probability mass
 summed over the tail itself in float64, its smallest logit and its entry
-count, and the scored token's logit. llama mode's KL against such a row is
+count, its largest and smallest logits, and the scored token's logit. llama mode's KL against such a row is
 the one against the float logits; what the tail leaves unknown (exact mode,
 the reverse KL, Jensen-Shannon) is reported as an interval (docs/statistics.md).
 
@@ -26,7 +26,7 @@ from .arrays import thread_count, threads_for, token_ids
 
 # csrc/quantkl.h qk_sparse_header, byte for byte
 HEADER_DTYPE = np.dtype([("n_stored", "<u4"), ("tail_count", "<u4"), ("x_max", "<f4"),
-                         ("x_tok", "<f4"), ("tail_min", "<f4"), ("reserved", "<f4"),
+                         ("x_tok", "<f4"), ("tail_min", "<f4"), ("tail_max", "<f4"),
                          ("lse", "<f8"), ("tail_lse", "<f8")])
 assert HEADER_DTYPE.itemsize == 40
 
@@ -158,8 +158,9 @@ def _check_headers(h: np.ndarray, n_vocab: int) -> None:
         (~np.isfinite(h["lse"]) | (h["lse"] < 0) | (h["lse"] > 1e3),
          "has an impossible log-sum-exp"),
         (np.isnan(h["tail_lse"]) | (h["tail_lse"] > 1e-9), "has an impossible tail mass"),
-        (np.isnan(h["tail_min"]) | np.isnan(h["x_tok"]) | (h["x_tok"] > h["x_max"]),
-         "has an impossible token or tail logit"),
+        (np.isnan(h["tail_min"]) | np.isnan(h["tail_max"]) | np.isnan(h["x_tok"])
+         | (h["x_tok"] > h["x_max"]) | (h["tail_max"] > h["x_max"])
+         | ((tail > 0) & (h["tail_min"] > h["tail_max"])), "has an impossible token or tail logit"),
     ]
     for bad, what in checks:
         if np.any(bad):

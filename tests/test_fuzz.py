@@ -115,6 +115,108 @@ def test_fuzz_kldz_reader(small_dump, small_kldz, tmp_path, muts):
         assert str(e) and "\n" not in str(e)
 
 
+@pytest.fixture(scope="module")
+def small_kldp(tmp_path_factory):
+    """A genuine .kldp of LM-like rows (blocks of 3 rows) and its float logits."""
+    from quantkl import kldz
+    from quantkl.dumpfile import dump_prefix
+    from quantkl.sparse import encode_sparse_rows
+    rng = np.random.default_rng(6)
+    path = tmp_path_factory.mktemp("fuzzp") / "base.kldp"
+    tokens = rng.integers(0, N_VOCAB, N_CTX * N_CHUNK)
+    per_chunk = N_CTX - 1 - N_CTX // 2
+    before, kldz.SPARSE_BLOCK_ROWS = kldz.SPARSE_BLOCK_ROWS, 2
+    try:
+        with kldz.KldpWriter(str(path), dump_prefix(N_CTX, N_VOCAB, tokens)) as w:
+            for c in range(N_CHUNK):
+                x = (rng.standard_normal((per_chunk, N_VOCAB)) * 3).astype(np.float32)
+                w.write_rows(c, 0, encode_sparse_rows(x, tokens[c * N_CTX + N_CTX // 2 + 1:
+                                                                (c + 1) * N_CTX]))
+    finally:
+        kldz.SPARSE_BLOCK_ROWS = before
+    return path
+
+
+@FUZZ
+@given(muts=st.lists(mutation, min_size=1, max_size=4))
+def test_fuzz_kldp_reader(small_kldp, tmp_path, muts):
+    """A mutated .kldp is refused in one line, or reads as the rows it was
+    written with (every block has a checksum, every field is checked)."""
+    bad = tmp_path / "mutated.kldp"
+    bad.write_bytes(bytes(mutate(bytearray(small_kldp.read_bytes()), muts)))
+    assert isinstance(inspect_dump(bad).lines(), list)
+    try:
+        with LogitDump(small_kldp) as base, LogitDump(bad) as other:
+            for c in range(base.n_chunk):
+                a, b = base.chunk(c), other.chunk(c)
+                assert a.rows.headers.tobytes() == b.rows.headers.tobytes()
+                assert np.array_equal(a.rows.indices, b.rows.indices)
+                assert np.array_equal(a.rows.logits, b.rows.logits)
+    except ValueError as e:
+        assert str(e) and "\n" not in str(e)
+
+
+@FUZZ
+@given(muts=st.lists(mutation, min_size=1, max_size=4), mode=st.sampled_from(["llama", "exact"]))
+def test_fuzz_sparse_block_bytes(small_kldp, muts, mode):
+    """A block's bytes damaged past its checksum (a writer's bug, a crafted
+    file): refused with the reason, or rows the kernels score without a crash
+    and without NaN; an impossible row is a RowError."""
+    from quantkl.scoring import RowError
+    from quantkl.sparse import SparseRows, SparseRowsError
+    with LogitDump(small_kldp) as d:
+        rows = d.piece(0, 0, 2).rows
+    raw = bytes(mutate(bytearray(rows.to_bytes()), muts))
+    try:
+        got = SparseRows.from_bytes(raw, 2, N_VOCAB)
+    except SparseRowsError as e:
+        assert str(e) and "\n" not in str(e)
+        return
+    y = np.random.default_rng(1).standard_normal((2, N_VOCAB)).astype(np.float32)
+    try:
+        out = quantkl.score_rows(got, y, [0, 1], mode=mode, threads=1)
+    except RowError as e:
+        assert str(e) and "\n" not in str(e)
+        return
+    assert not np.isnan(out.kld).any() and not np.isnan(out.kld_hi).any()
+
+
+@FUZZ
+@given(data=st.data(), rows=st.integers(1, 4), vocab=st.integers(1, 70),
+       dtype=st.sampled_from(["float32", "float16", "bfloat16"]),
+       mode=st.sampled_from(["llama", "exact"]))
+def test_fuzz_sparse_rows(data, rows, vocab, dtype, mode):
+    """Arbitrary logits through the sparse encoder and kernels: the twin's
+    numbers (the contract scaled by the logits' size, as for the float
+    kernels), or the encoder's or kernel's one-line refusal of NaN, +inf or
+    an all -inf row."""
+    from quantkl.sparse import encode_sparse_rows
+    x = data.draw(hnp.arrays(np.float32, (rows, vocab), elements=LOGIT))
+    y = as_dtype(data.draw(hnp.arrays(np.float32, (rows, vocab), elements=LOGIT)), dtype)
+    tok = data.draw(hnp.arrays(np.int64, rows, elements=st.integers(0, vocab - 1)))
+    y64 = reference.as_float64(y)
+    if (np.isnan(x) | (x == np.inf)).any() or (x == -np.inf).all(axis=1).any():
+        with pytest.raises(ValueError, match="logits row"):
+            encode_sparse_rows(x, tok)
+        return
+    sp = encode_sparse_rows(x, tok)
+    if (np.isnan(y64) | (y64 == np.inf)).any() or (y64 == -np.inf).all(axis=1).any():
+        with pytest.raises(ValueError, match="other logits row"):
+            quantkl.score_rows(sp, y, tok, mode=mode, threads=1)
+        return
+    got = quantkl.score_rows(sp, y, tok, mode=mode, threads=1, reverse=True, js=True)
+    want = reference.score_sparse_rows(sp, y, tok, mode)
+    span = np.max(np.abs(np.where(np.isfinite(x), x, 0)), axis=1) + \
+        np.max(np.abs(np.where(np.isfinite(y64), y64, 0)), axis=1)
+    for name in ("kld", "kld_hi", "rkl", "rkl_hi", "js", "js_hi", "nll_p", "nll_q"):
+        g, w = getattr(got, name), want[name]
+        np.testing.assert_array_equal(np.isfinite(g), np.isfinite(w), err_msg=name)
+        fin = np.isfinite(w)
+        np.testing.assert_array_equal(g[~fin], w[~fin], err_msg=name)
+        tol = 1e-7 + 1e-6 * np.abs(w) + 4e-7 * span
+        assert np.all(np.abs(g[fin] - w[fin]) <= tol[fin]), (name, g, w)
+
+
 # mostly ordinary logits, with some specials and some huge magnitudes
 FINITE = st.floats(-1e4, 1e4, width=32)
 LOGIT = st.one_of(FINITE, FINITE, FINITE, st.sampled_from([np.nan, np.inf, -np.inf, 0.0, -0.0]),
