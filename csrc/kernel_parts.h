@@ -257,12 +257,11 @@ static inline int tail_could_matter(double moved, double value, double rel)
 
 /* --- what a pass follows besides its sums ------------------------------------ */
 
-/* The top-k list, given the lanes of v at or above floor (a value at most
- * the row's k-th largest): one vector compare lets almost every vector by,
- * and only the lanes that can enter are pushed. */
-QK_INLINE void topk_add(qk_topk *t, vf v, int64_t i, vmask valid, vf floor)
+/* The top-k list, given the lanes of v in `in`: one vector compare lets
+ * almost every vector by, and only the lanes that can enter are pushed;
+ * lane k is entry idx[k] (a sparse row's indices) or, idx NULL, i + k. */
+QK_INLINE void topk_push_lanes(qk_topk *t, vf v, vmask in, const int32_t *idx, int64_t i)
 {
-    vmask in = vm_and(valid, vf_ge(v, floor));
     if (t->n == QK_TOPK_MAX)
         in = vm_and(in, vf_gt(v, vf_set1(t->val[QK_TOPK_MAX - 1])));
     unsigned bits = vm_bits(in);
@@ -272,8 +271,15 @@ QK_INLINE void topk_add(qk_topk *t, vf v, int64_t i, vmask valid, vf floor)
     vf_store(l, v);
     for (; bits; bits &= bits - 1) {
         const int k = __builtin_ctz(bits);
-        qk_topk_push(t, l[k], i + k);
+        qk_topk_push(t, l[k], idx ? idx[k] : i + k);
     }
+}
+
+/* The same for entries i.., given the lanes at or above floor (a value at
+ * most the row's k-th largest). */
+QK_INLINE void topk_add(qk_topk *t, vf v, int64_t i, vmask valid, vf floor)
+{
+    topk_push_lanes(t, v, vm_and(valid, vf_ge(v, floor)), NULL, i);
 }
 
 /* The blocks a side's top-k list comes from. A block holds one of the row's

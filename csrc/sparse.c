@@ -233,24 +233,6 @@ QK_INLINE vf gather_q(const void *q, int dt, ptrdiff_t st, const int32_t *idx, i
     return vf_load_f32(y);
 }
 
-/* The stored lanes that can enter P's top-k list pushed (almost none: the
- * list's floor lets them by). */
-QK_INLINE void sparse_topk_add(qk_topk *t, vf v, const int32_t *idx, vmask valid)
-{
-    vmask in = valid;
-    if (t->n == QK_TOPK_MAX)
-        in = vm_and(in, vf_gt(v, vf_set1(t->val[QK_TOPK_MAX - 1])));
-    unsigned bits = vm_bits(in);
-    if (!bits)
-        return;
-    float l[QK_W];
-    vf_store(l, v);
-    for (; bits; bits &= bits - 1) {
-        const int k = __builtin_ctz(bits);
-        qk_topk_push(t, l[k], idx[k]);
-    }
-}
-
 /* The kept entries waiting in the buffer (a: x - X, y: Q's logit) summed,
  * full steps of them, all: the last partial step too; returns how many
  * wait. Each term p~ d' with p~ = exp((x - X) - lse_hi) and d' = ((x - X)
@@ -330,7 +312,7 @@ QK_INLINE int32_t sparse_logits_one_pass(const qk_sparse_header *h, const int32_
             }
             const vf v = vf_load_f32(m == QK_W ? x + k : xs);
             const vf y = gather_q(q, dt, st, idx + k, m);
-            sparse_topk_add(tp, v, idx + k, valid);
+            topk_push_lanes(tp, v, valid, idx + k, 0);
             block_max = vf_max(block_max, v);
             const vf xr = v - xmax;
             const vmask keep = vm_and(valid, vf_gt(xr - lse_hi, cut));

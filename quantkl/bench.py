@@ -31,8 +31,9 @@ from . import _kernels, reference
 from .arrays import threads_for, thread_count
 from .encoding import encode_llama_rows
 from .scoring import current_kernel, kernel_paths, score_rows
+from .sparse import encode_sparse_rows
 
-KERNELS = ("u16xf32", "f32xf32", "f16xf16", "bf16xbf16", "u16xu16", "encode")
+KERNELS = ("u16xf32", "sparsexf32", "f32xf32", "f16xf16", "bf16xbf16", "u16xu16", "encode")
 
 
 def lm_like_logits(rows: int, vocab: int, seed: int = 0) -> np.ndarray:
@@ -86,7 +87,7 @@ class Workload:
     name: str
     mode: str
     n_entries: int
-    bytes_per_entry: int
+    bytes_per_entry: float
     run: Callable[[], object]
     run_reference: Callable[[], object]
     run_llama: Callable[[], object]
@@ -115,6 +116,13 @@ def workloads(vocab: int = 151936, rows: int = 255, threads: Optional[int] = Non
                     lambda m=mode: score_rows(base_rows, y, tok, mode=m, threads=threads),
                     lambda m=mode: reference.kld_numpy_f32(base_rows, y, m), llama_kld,
                     memory))
+        elif name == "sparsexf32":  # a precise .kldp base's rows: its float32 logits where
+            sparse = encode_sparse_rows(x, tok, threads=threads)  # llama mode reads them
+            for mode in ("llama", "exact"):
+                out.append(Workload(
+                    name, mode, n, 4 + 8 * sparse.stored / n,
+                    lambda m=mode: score_rows(sparse, y, tok, mode=m, threads=threads),
+                    lambda m=mode: reference.kld_numpy_f32(x, y, m), llama_kld, memory))
         elif name in ("f32xf32", "f16xf16", "bf16xbf16"):
             dt = {"f32xf32": np.float32, "f16xf16": np.float16,
                   "bf16xbf16": bfloat16_dtype()}[name]
@@ -152,7 +160,8 @@ def bytes_needed(vocab: int, rows: int, kernels=KERNELS) -> int:
     """About how many bytes workloads() allocates: the float32 logits and
     their quant, the base's rows, the quant's rows or the encoder's output,
     and the half-precision copies of both asked for."""
-    per_entry = 4 + 4 + 2 + 2 + 4 * len({"f16xf16", "bf16xbf16"} & set(kernels))
+    per_entry = 4 + 4 + 2 + 2 + 4 * len({"f16xf16", "bf16xbf16"} & set(kernels)) \
+        + 3 * ("sparsexf32" in kernels)
     return vocab * rows * per_entry
 
 

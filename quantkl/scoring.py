@@ -130,13 +130,8 @@ def score_rows(base: Distributions, other: Distributions, tokens: object, *,
     if not isinstance(other, LlamaRows):
         other_view, other_dtype = logits_view(other, "other")
     n_rows, n_vocab = base.shape if isinstance(base, LlamaRows) else base_view.shape
-    o_rows, o_vocab = other.shape if isinstance(other, LlamaRows) else other_view.shape
-    if o_vocab != n_vocab:
-        raise ValueError(f"vocabulary mismatch: base has {n_vocab} entries, other has {o_vocab}")
-    if o_rows != n_rows:
-        raise ValueError(f"row count mismatch: base has {n_rows} rows, other has {o_rows}")
-    if n_rows == 0:
-        raise ValueError("no rows to score")
+    _check_shapes((n_rows, n_vocab),
+                  other.shape if isinstance(other, LlamaRows) else other_view.shape)
     tok = token_ids(tokens, n_rows, n_vocab)
     nthreads = threads_for(nthreads, n_rows, n_vocab)
     if isinstance(base, LlamaRows) and isinstance(other, LlamaRows):
@@ -154,6 +149,16 @@ def score_rows(base: Distributions, other: Distributions, tokens: object, *,
     return out
 
 
+def _check_shapes(base_shape, other_shape) -> None:
+    (n_rows, n_vocab), (o_rows, o_vocab) = base_shape, other_shape
+    if o_vocab != n_vocab:
+        raise ValueError(f"vocabulary mismatch: base has {n_vocab} entries, other has {o_vocab}")
+    if o_rows != n_rows:
+        raise ValueError(f"row count mismatch: base has {n_rows} rows, other has {o_rows}")
+    if n_rows == 0:
+        raise ValueError("no rows to score")
+
+
 def _score_sparse(base, other, tokens, mode_code: int, nthreads: int, first_row: int,
                   chunk: Optional[int], full_sums: bool) -> "_kernels.RowScores":
     if not isinstance(base, SparseRows):
@@ -165,19 +170,12 @@ def _score_sparse(base, other, tokens, mode_code: int, nthreads: int, first_row:
             raise ValueError("the reverse KL and Jensen-Shannon need the other side's full "
                              "distribution: two precise sparse dumps give the forward KL only "
                              "(score the quant's model against the base instead)")
-        o_rows, o_vocab = other.shape
     elif isinstance(other, LlamaRows):
         raise TypeError("a precise sparse base is scored against float logits or another "
                         ".kldp, not llama rows")
     else:
         other_view, other_dtype = logits_view(other, "other")
-        o_rows, o_vocab = other_view.shape
-    if o_vocab != n_vocab:
-        raise ValueError(f"vocabulary mismatch: base has {n_vocab} entries, other has {o_vocab}")
-    if o_rows != n_rows:
-        raise ValueError(f"row count mismatch: base has {n_rows} rows, other has {o_rows}")
-    if n_rows == 0:
-        raise ValueError("no rows to score")
+    _check_shapes(base.shape, other.shape if isinstance(other, SparseRows) else other_view.shape)
     tok = token_ids(tokens, n_rows, n_vocab)
     nthreads = threads_for(nthreads, n_rows, n_vocab)
     if isinstance(other, SparseRows):

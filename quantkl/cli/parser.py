@@ -181,7 +181,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--vocab", type=positive_int, default=151936, help="vocabulary (default 151936)")
     b.add_argument("--rows", type=positive_int, default=255, help="rows per block (default 255)")
     b.add_argument("--kernels", help="comma-separated subset of "
-                                     "u16xf32,f32xf32,f16xf16,bf16xbf16,u16xu16,encode")
+                                     "u16xf32,sparsexf32,f32xf32,f16xf16,bf16xbf16,u16xu16,"
+                                     "encode")
     b.add_argument("--json", action="store_true", help="print one JSON object")
     b.set_defaults(func=cmd_inspect.cmd_bench)
 
