@@ -108,6 +108,11 @@ def cmd_score(args) -> int:
     from ..evaluation import chunk_range
     from ..records import finished_run
     from ..reports import check_comparable, comparison_table, load_records
+    if args.ray is not None:
+        return cmd_score_ray(args)
+    for flag in ("shard_chunks", "ray_tasks", "ship_base"):
+        if getattr(args, flag):
+            raise ValueError(f"--{flag.replace('_', '-')} is an option of --ray")
     models = args.model
     many = len(models) > 1 or args.json_dir
     stems = [os.path.splitext(os.path.basename(m))[0] for m in models]
@@ -146,6 +151,60 @@ def cmd_score(args) -> int:
         print(comparison_table(records).render("markdown"), end="")
     if failed:
         print(f"quantkl score: {len(failed)} of {len(models)} models failed: "
+              f"{', '.join(os.path.basename(m) for m in failed)}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    return EXIT_OK
+
+
+def cmd_score_ray(args) -> int:
+    """score --ray: quantkl.distributed runs the tasks; this prints what a
+    local run prints, each quant as it is merged, then the table."""
+    from ..distributed import score_quants
+    from ..evaluation import chunk_range
+    from ..printout import CHUNK_HEADER
+    from ..records import load_result, read_record
+    from ..reports import QuantRecord, check_comparable, comparison_table
+    if not args.json_dir:
+        raise ValueError("--ray writes one record per model: give --json-dir DIR")
+    for flag, name in (("save", "--save"), ("json", "--json"), ("target_unc", "--target-unc"),
+                       ("target_unc_rel", "--target-unc-rel")):
+        if getattr(args, flag) is not None:
+            raise ValueError(f"{name} does not go with --ray (tasks score fixed chunk ranges)")
+    with LogitDump(args.base) as dump:
+        chunks = chunk_range(args.chunks, dump.n_chunk)
+    progress = Progress(args.quiet, "score", unit="token")
+    done, failed = [], []
+
+    def on_quant(out) -> None:
+        if out.error:
+            print(f"quantkl score: error: {out.error}", file=sys.stderr)
+            failed.append(out.model)
+            return
+        say(args, f"=== {out.model} ({out.shards_run} shards scored, {out.shards_resumed} "
+                  f"from an earlier run)")
+        result, rec = load_result(out.record), read_record(out.record)
+        say(args, CHUNK_HEADER)
+        for i in range(len(result.chunk_ends)):
+            say(args, result.format_chunk_row(i + 1, label=chunks[0] + i + 1))
+        print_result(args, result)
+        name = os.path.splitext(os.path.basename(out.model))[0]
+        done.append(QuantRecord(out.record, rec, name, rec["model"]["size_bytes"],
+                                rec["model"]["bits_per_weight"], _result=result))
+
+    try:
+        score_quants(args.base, args.model, args.json_dir, address=args.ray,
+                     mode=mode_of(args), topk=args.topk, reverse=args.reverse_kl, js=args.js,
+                     options=model_options(args), chunks=chunks, shard_chunks=args.shard_chunks,
+                     max_tasks=args.ray_tasks, ship_base=args.ship_base, force=args.force,
+                     on_tokens=progress, on_quant=on_quant)
+    finally:
+        progress.close()
+    if len(done) > 1 or (done and failed):
+        check_comparable(done)
+        print()
+        print(comparison_table(done).render("markdown"), end="")
+    if failed:
+        print(f"quantkl score: {len(failed)} of {len(args.model)} models failed: "
               f"{', '.join(os.path.basename(m) for m in failed)}", file=sys.stderr)
         return EXIT_BAD_INPUT
     return EXIT_OK

@@ -123,6 +123,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json-dir", metavar="DIR",
                    help="one record per model, DIR/MODEL.json (+ .npz); a model whose record "
                         "there matches this base is skipped unless --force")
+    s.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
+                   help="run (model, chunk range) tasks on Ray: a local Ray without ADDRESS, "
+                        "'auto' or ray://host:port for a cluster; needs --json-dir (shards go "
+                        "to DIR/shards/, a rerun resumes) and pip install \"quantkl[ray]\"")
+    s.add_argument("--shard-chunks", type=positive_int, metavar="N",
+                   help="chunks per Ray task (default: about two tasks per worker)")
+    s.add_argument("--ray-tasks", type=positive_int, metavar="N",
+                   help="at most N Ray tasks in flight (default: as Ray places them)")
+    s.add_argument("--ship-base", action="store_true",
+                   help="with --ray, send each task its rows through Ray's object store "
+                        "instead of letting workers read BASE from its path")
     s.set_defaults(func=cmd_kld.cmd_score)
 
     c = sub.add_parser("compare", parents=[common, scoring, shards], help="score two saved dumps",
