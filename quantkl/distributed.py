@@ -25,8 +25,9 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from .dumpfile import Chunk, LogitDump
-from .evaluation import RunInfo, score_model
-from .records import finished_run, merge_records, score_metadata, write_record
+from .evaluation import RunInfo, compare_dumps, score_model
+from .records import (compare_metadata, finished_run, merge_records, score_metadata,
+                      write_record)
 from .runner import ModelOptions
 
 INSTALL = 'pip install "quantkl[ray]"'
@@ -131,6 +132,25 @@ def _node_copy(model_name: str, size: int, data: bytes) -> str:
     return path
 
 
+# The last model a worker process loaded, kept for the next shard of it: Ray
+# reuses a worker for the tasks it places there, and the driver submits each
+# quant's shards in turn, so most shards skip the load.
+_LOADED: dict = {}
+
+
+def _runner_for(model: str, n_ctx: int, options: dict):
+    from .runner import ModelRunner
+    key = (model, os.path.getsize(model), n_ctx, tuple(sorted(options.items())))
+    if _LOADED.get("key") != key:
+        old = _LOADED.pop("runner", None)
+        _LOADED.pop("key", None)
+        if old is not None:
+            old.close()
+        _LOADED["runner"] = ModelRunner(model, n_ctx, ModelOptions(**options))
+        _LOADED["key"] = key
+    return _LOADED["runner"]
+
+
 def _visible(path: str, size: int) -> bool:
     return os.path.isfile(path) and os.path.getsize(path) == size
 
@@ -141,7 +161,6 @@ def run_shard(base_path: str, base_size: int, shipped: Optional[ShippedDump], mo
               progress=None, kill_once: Optional[str] = None):
     """A task's body: ("need-base" | "need-model", None) where this worker
     cannot see a file it was not sent, else ("done", (result, facts, info))."""
-    from .runner import ModelRunner
     if shipped is None and not _visible(base_path, base_size):
         return "need-base", None
     if not _visible(model, model_size):
@@ -159,15 +178,44 @@ def run_shard(base_path: str, base_size: int, shipped: Optional[ShippedDump], mo
 
     info = RunInfo()
     try:
-        with ModelRunner(model, dump.n_ctx, ModelOptions(**options)) as runner:
-            result = score_model(dump, model, mode=mode, topk=topk, chunks=chunks,
-                                 runner=runner, info=info, on_chunk=on_chunk, reverse=reverse,
-                                 js=js)
-            facts = RunnerFacts(runner.n_params, runner.size_bytes, runner.bits_per_weight,
-                                runner.description, runner.settings())
+        runner = _runner_for(model, dump.n_ctx, options)
+        result = score_model(dump, model, mode=mode, topk=topk, chunks=chunks, runner=runner,
+                             info=info, on_chunk=on_chunk, reverse=reverse, js=js)
+        facts = RunnerFacts(runner.n_params, runner.size_bytes, runner.bits_per_weight,
+                            runner.description, runner.settings())
     finally:
         dump.close()
     return "done", (result, facts, info)
+
+
+def run_compare_shard(base_path: str, base_size: int, shipped: Optional[ShippedDump],
+                      other: str, other_size: int, shipped_other: Optional[ShippedDump],
+                      chunks: Tuple[int, int], threads: int, mode: str, topk: Sequence[int],
+                      reverse: bool, js: bool, progress=None, kill_once: Optional[str] = None):
+    """A compare task's body, as run_shard's: the other dump from its path or
+    sent ("need-other" where neither)."""
+    if shipped is None and not _visible(base_path, base_size):
+        return "need-base", None
+    if shipped_other is None and not _visible(other, other_size):
+        return "need-other", None
+    dump = shipped if shipped is not None else LogitDump(base_path)
+    second = shipped_other if shipped_other is not None else LogitDump(other)
+
+    def on_chunk(number, total, running):
+        if progress is not None:
+            progress.add.remote(dump.rows_per_chunk)
+        if kill_once and not os.path.exists(kill_once):
+            open(kill_once, "w").close()
+            os._exit(1)
+
+    info = RunInfo()
+    try:
+        result = compare_dumps(dump, second, mode=mode, topk=topk, threads=threads, chunks=chunks,
+                               on_chunk=on_chunk, info=info, reverse=reverse, js=js)
+    finally:
+        dump.close()
+        second.close()
+    return "done", (result, None, info)
 
 
 @dataclass
@@ -205,17 +253,42 @@ def score_quants(base: str, models: Sequence[str], out_dir: str, *, address: Opt
     ``out_dir/shards/``. Returns one QuantOutcome per model, in order;
     ``on_tokens(done, total)`` follows the tokens scored across the cluster
     and ``on_quant`` each quant as it ends."""
-    ray = import_ray()
     options = (options or ModelOptions()).check()
     if options.threads is None:  # each task asks for what a local run would use
         options = ModelOptions(**{**options.to_dict(), "threads": os.cpu_count() or 1})
-    threads = options.threads
+    return _run("score", base, models, out_dir, address, options, options.threads, mode, topk,
+                reverse, js, chunks, shard_chunks, max_tasks, ship_base, force, on_tokens,
+                on_quant)
+
+
+def compare_others(base: str, others: Sequence[str], out_dir: str, *,
+                   address: Optional[str] = None, mode: str = "llama",
+                   topk: Sequence[int] = (1, 5, 10), reverse: bool = False, js: bool = False,
+                   threads: Optional[int] = None, chunks: Optional[Tuple[int, int]] = None,
+                   shard_chunks: Optional[int] = None, max_tasks: Optional[int] = None,
+                   ship_base: bool = False, force: bool = False,
+                   on_tokens: Optional[Callable[[int, int], None]] = None,
+                   on_quant: Optional[Callable[[QuantOutcome], None]] = None
+                   ) -> List[QuantOutcome]:
+    """score_quants for saved dumps: each OTHER dump compared with ``base``
+    in (dump, chunk range) tasks, ``out_dir/STEM.json`` per dump the record
+    ``quantkl compare --json`` writes; a dump a worker cannot see is sent
+    with each task."""
+    return _run("compare", base, others, out_dir, address, None, threads or os.cpu_count() or 1,
+                mode, topk, reverse, js, chunks, shard_chunks, max_tasks, ship_base, force,
+                on_tokens, on_quant)
+
+
+def _run(kind, base, models, out_dir, address, options, threads, mode, topk, reverse, js,
+         chunks, shard_chunks, max_tasks, ship_base, force, on_tokens, on_quant):
+    ray = import_ray()
+    what = "model" if kind == "score" else "dump"
     stems = [os.path.splitext(os.path.basename(m))[0] for m in models]
     if len(set(stems)) != len(stems):
-        raise ValueError("two models have the same file name: their records would collide")
+        raise ValueError(f"two {what}s have the same file name: their records would collide")
     for m in models:
         if not os.path.isfile(m):
-            raise ValueError(f"{m}: no such model file")
+            raise ValueError(f"{m}: no such {what} file")
     os.makedirs(os.path.join(out_dir, "shards"), exist_ok=True)
     started = ray.is_initialized()
     if not started:
@@ -246,20 +319,20 @@ def score_quants(base: str, models: Sequence[str], out_dir: str, *, address: Opt
                             q.done[s.chunks] = path
                             q.resumed += 1
                 quants.append(q)
-            return _drive(ray, dump, base, quants, out_dir, (a, b), options, threads, mode,
+            return _drive(kind, ray, dump, base, quants, out_dir, options, threads, mode,
                           topk, reverse, js, max_tasks, ship_base, on_tokens, on_quant)
     finally:
         if not started:
             ray.shutdown()
 
 
-def _drive(ray, dump, base, quants, out_dir, chunks, options, threads, mode, topk, reverse, js,
+def _drive(kind, ray, dump, base, quants, out_dir, options, threads, mode, topk, reverse, js,
            max_tasks, ship_base, on_tokens, on_quant) -> List[QuantOutcome]:
     """Submit the shards left, at most max_tasks in flight; write each shard's
     record as it returns; merge each quant once its shards are in."""
-    gpu = 1 if options.gpu_layers else 0
-    task = ray.remote(run_shard).options(num_cpus=threads, num_gpus=gpu,
-                                         max_retries=MAX_RETRIES, retry_exceptions=False)
+    gpu = 1 if options is not None and options.gpu_layers else 0
+    task = ray.remote(run_shard if kind == "score" else run_compare_shard).options(
+        num_cpus=threads, num_gpus=gpu, max_retries=MAX_RETRIES, retry_exceptions=False)
     progress_actor = ray.remote(_Tokens).options(num_cpus=0).remote()
     per_shard = {s.chunks: (s.chunks[1] - s.chunks[0]) * dump.rows_per_chunk
                  for q in quants for s in q.shards}
@@ -268,7 +341,7 @@ def _drive(ray, dump, base, quants, out_dir, chunks, options, threads, mode, top
     base_size = dump.size
     model_refs: Dict[str, object] = {}
     kill_once = os.environ.get("QUANTKL_TEST_KILL_ONCE")
-    opts = options.to_dict()
+    opts = options.to_dict() if options is not None else None
     queue = [(q, s, ship_base, False) for q in quants for s in q.shards if s.chunks not in q.done]
     pending: Dict[object, tuple] = {}
     outcomes: Dict[str, QuantOutcome] = {}
@@ -297,6 +370,16 @@ def _drive(ray, dump, base, quants, out_dir, chunks, options, threads, mode, top
             if q.error:
                 continue
             shipped = ray.put(ShippedDump(dump, s.chunks)) if ship else None
+            if kind == "compare":
+                sent = None
+                if ship_model:  # the other dump's rows, as the base's
+                    with LogitDump(q.model) as other:
+                        sent = ray.put(ShippedDump(other, s.chunks))
+                ref = task.remote(base, base_size, shipped, q.model, q.size, sent, s.chunks,
+                                  threads, mode, list(topk), reverse, js, progress_actor,
+                                  kill_once)
+                pending[ref] = (q, s, ship, ship_model)
+                continue
             if ship_model and q.model not in model_refs:
                 with open(q.model, "rb") as f:
                     model_refs[q.model] = ray.put(f.read())
@@ -323,7 +406,7 @@ def _drive(ray, dump, base, quants, out_dir, chunks, options, threads, mode, top
             if status == "need-base":
                 queue.insert(0, (q, s, True, ship_model))
                 continue
-            if status == "need-model":
+            if status in ("need-model", "need-other"):
                 queue.insert(0, (q, s, ship, True))
                 continue
             if q.error:
@@ -331,8 +414,9 @@ def _drive(ray, dump, base, quants, out_dir, chunks, options, threads, mode, top
             result, facts, info = payload
             info.n_chunk = dump.n_chunk
             path = s.record_path(out_dir)
-            write_record(path, result, score_metadata(dump, q.model, facts, info, None),
-                         force=True)
+            meta = (score_metadata(dump, q.model, facts, info, None) if kind == "score"
+                    else compare_metadata(dump, q.model, info))
+            write_record(path, result, meta, force=True)
             q.done[s.chunks] = path
             if len(q.done) == len(q.shards):
                 finish(q)
@@ -357,4 +441,4 @@ class _Tokens:
         return self.n
 
 
-__all__ = ["score_quants", "QuantOutcome", "RayMissing", "default_shard_chunks", "INSTALL"]
+__all__ = ["score_quants", "compare_others", "QuantOutcome", "RayMissing", "default_shard_chunks", "INSTALL"]

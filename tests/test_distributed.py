@@ -134,3 +134,28 @@ def test_nothing_else_imports_ray():
             "quantkl.kldz, quantkl.sparse; print('ray' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.stdout.strip() == "False", out.stderr
+
+
+def test_compare_several_dumps_on_ray(golden, quants, local_ray, tmp_path, capsys):
+    """compare BASE OTHER... --ray: the records compare --json-dir writes locally."""
+    base = str(golden / NAME)
+    dumps = []
+    for t in ("Q4_0", "Q8_0"):
+        path = str(tmp_path / f"{t.lower()}.kld")
+        assert main(["dump", quants[t], str(golden / "gpl3.txt"), "--ctx", "128", "--chunks", "2",
+                     "-o", path, "-q"]) == 0
+        dumps.append(path)
+    local, ray_dir = tmp_path / "local", tmp_path / "ray"
+    assert main(["compare", base, *dumps, "--json-dir", str(local), "-q", "--js"]) == 0
+    assert main(["compare", base, *dumps, "--json-dir", str(ray_dir), "--ray", "--threads", "1",
+                 "--shard-chunks", "1", "--ship-base", "--js"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("====== KL divergence statistics ======") == 4
+    assert_same_records(local, ray_dir, ["q4_0", "q8_0"])
+    for stem in ("q4_0", "q8_0"):
+        np.testing.assert_array_equal(load_result(str(local / f"{stem}.json")).js,
+                                      load_result(str(ray_dir / f"{stem}.json")).js)
+    with pytest.raises(SystemExit):
+        main(["compare", base])
+    assert main(["compare", base, *dumps]) == 1
+    assert "give --json-dir DIR" in capsys.readouterr().err

@@ -107,12 +107,9 @@ def check_score_outputs(args, stems) -> None:
 def cmd_score(args) -> int:
     from ..evaluation import chunk_range
     from ..records import finished_run
-    from ..reports import check_comparable, comparison_table, load_records
     if args.ray is not None:
-        return cmd_score_ray(args)
-    for flag in ("shard_chunks", "ray_tasks", "ship_base"):
-        if getattr(args, flag):
-            raise ValueError(f"--{flag.replace('_', '-')} is an option of --ray")
+        return run_on_ray(args, args.model)
+    check_ray_flags(args)
     models = args.model
     many = len(models) > 1 or args.json_dir
     stems = [os.path.splitext(os.path.basename(m))[0] for m in models]
@@ -142,33 +139,29 @@ def cmd_score(args) -> int:
                 where = "" if os.path.basename(model) in msg else f"{model}: "
                 print(f"quantkl score: error: {where}{msg}", file=sys.stderr)
                 failed.append(model)
-    if len(done) > 1 or (done and failed):
-        records = [r for r in done if not isinstance(r, str)]
-        paths = [r for r in done if isinstance(r, str)]
-        records += load_records(paths) if paths else []
-        check_comparable(records)
-        print()
-        print(comparison_table(records).render("markdown"), end="")
-    if failed:
-        print(f"quantkl score: {len(failed)} of {len(models)} models failed: "
-              f"{', '.join(os.path.basename(m) for m in failed)}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    return EXIT_OK
+    return closing_table(args, done, failed, models)
 
 
-def cmd_score_ray(args) -> int:
-    """score --ray: quantkl.distributed runs the tasks; this prints what a
-    local run prints, each quant as it is merged, then the table."""
-    from ..distributed import score_quants
+def check_ray_flags(args) -> None:
+    for flag in ("shard_chunks", "ray_tasks", "ship_base"):
+        if getattr(args, flag):
+            raise ValueError(f"--{flag.replace('_', '-')} is an option of --ray")
+
+
+def run_on_ray(args, inputs) -> int:
+    """score or compare --ray: quantkl.distributed runs the tasks; this
+    prints what a local run prints, each model or dump as it is merged, then
+    the table."""
+    from ..distributed import compare_others, score_quants
     from ..evaluation import chunk_range
     from ..printout import CHUNK_HEADER
     from ..records import load_result, read_record
-    from ..reports import QuantRecord, check_comparable, comparison_table
+    from ..reports import QuantRecord
     if not args.json_dir:
-        raise ValueError("--ray writes one record per model: give --json-dir DIR")
+        raise ValueError("--ray writes one record per input: give --json-dir DIR")
     for flag, name in (("save", "--save"), ("json", "--json"), ("target_unc", "--target-unc"),
                        ("target_unc_rel", "--target-unc-rel")):
-        if getattr(args, flag) is not None:
+        if getattr(args, flag, None) is not None:
             raise ValueError(f"{name} does not go with --ray (tasks score fixed chunk ranges)")
     with LogitDump(args.base) as dump:
         chunks = chunk_range(args.chunks, dump.n_chunk)
@@ -188,35 +181,76 @@ def cmd_score_ray(args) -> int:
             say(args, result.format_chunk_row(i + 1, label=chunks[0] + i + 1))
         print_result(args, result)
         name = os.path.splitext(os.path.basename(out.model))[0]
-        done.append(QuantRecord(out.record, rec, name, rec["model"]["size_bytes"],
-                                rec["model"]["bits_per_weight"], _result=result))
+        model = rec.get("model") or {}
+        done.append(QuantRecord(out.record, rec, name, model.get("size_bytes"),
+                                model.get("bits_per_weight"), _result=result))
 
+    common = dict(address=args.ray, mode=mode_of(args), topk=args.topk, reverse=args.reverse_kl,
+                  js=args.js, chunks=chunks, shard_chunks=args.shard_chunks,
+                  max_tasks=args.ray_tasks, ship_base=args.ship_base, force=args.force,
+                  on_tokens=progress, on_quant=on_quant)
     try:
-        score_quants(args.base, args.model, args.json_dir, address=args.ray,
-                     mode=mode_of(args), topk=args.topk, reverse=args.reverse_kl, js=args.js,
-                     options=model_options(args), chunks=chunks, shard_chunks=args.shard_chunks,
-                     max_tasks=args.ray_tasks, ship_base=args.ship_base, force=args.force,
-                     on_tokens=progress, on_quant=on_quant)
+        if args.command == "score":
+            score_quants(args.base, inputs, args.json_dir, options=model_options(args), **common)
+        else:
+            compare_others(args.base, inputs, args.json_dir, threads=args.threads, **common)
     finally:
         progress.close()
+    return closing_table(args, done, failed, inputs)
+
+
+def closing_table(args, done, failed, inputs) -> int:
+    """The comparison table after several inputs, the failures' line; the exit status."""
+    from ..reports import check_comparable, comparison_table, load_records
     if len(done) > 1 or (done and failed):
-        check_comparable(done)
+        records = [r for r in done if not isinstance(r, str)]
+        paths = [r for r in done if isinstance(r, str)]
+        records += load_records(paths) if paths else []
+        check_comparable(records)
         print()
-        print(comparison_table(done).render("markdown"), end="")
+        print(comparison_table(records).render("markdown"), end="")
     if failed:
-        print(f"quantkl score: {len(failed)} of {len(args.model)} models failed: "
+        what = "models" if args.command == "score" else "dumps"
+        print(f"quantkl {args.command}: {len(failed)} of {len(inputs)} {what} failed: "
               f"{', '.join(os.path.basename(m) for m in failed)}", file=sys.stderr)
         return EXIT_BAD_INPUT
     return EXIT_OK
 
 
 def cmd_compare(args) -> int:
+    if args.ray is not None:
+        return run_on_ray(args, args.other)
+    check_ray_flags(args)
+    if len(args.other) == 1 and not args.json_dir:
+        compare_one(args, args.other[0], args.json)
+        return EXIT_OK
+    if args.json:
+        raise ValueError("--json names one record: use --json-dir DIR for several dumps")
+    if not args.json_dir:
+        raise ValueError("several OTHER dumps write one record each: give --json-dir DIR")
+    os.makedirs(args.json_dir, exist_ok=True)
+    done, failed = [], []
+    for other in args.other:
+        say(args, f"=== {other}")
+        stem = os.path.splitext(os.path.basename(other))[0]
+        try:
+            done.append(compare_one(args, other, os.path.join(args.json_dir, stem + ".json")))
+        except BAD_INPUT as e:
+            if args.debug:
+                raise
+            print(f"quantkl compare: error: {describe(e)}", file=sys.stderr)
+            failed.append(other)
+    return closing_table(args, done, failed, args.other)
+
+
+def compare_one(args, other_path: str, record: Optional[str]) -> Optional[str]:
+    """One OTHER dump against BASE: table, block, record (its path, or None)."""
     from ..evaluation import RunInfo, chunk_range, compare_dumps
     from ..records import compare_metadata, write_record
-    if args.json:
-        check_record_path(args.json, args.force)
+    if record:
+        check_record_path(record, args.force)
     info = RunInfo()
-    with LogitDump(args.base) as base, LogitDump(args.other) as other:
+    with LogitDump(args.base) as base, LogitDump(other_path) as other:
         info.n_chunk = base.n_chunk
         chunks = chunk_range(args.chunks, base.n_chunk)
         on_chunk = chunk_table_printer(args)
@@ -229,9 +263,9 @@ def cmd_compare(args) -> int:
         finally:
             on_chunk.close()
         print_result(args, result, info)
-        if args.json:
-            write_record(args.json, result, compare_metadata(base, args.other, info))
-    return EXIT_OK
+        if record:
+            write_record(record, result, compare_metadata(base, other_path, info))
+    return record
 
 
 def cmd_merge(args) -> int:

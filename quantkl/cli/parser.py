@@ -112,7 +112,24 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("-f", "--force", action="store_true", help="overwrite the output")
     d.set_defaults(func=cmd_kld.cmd_dump)
 
-    s = sub.add_parser("score", parents=[common, scoring, shards, runs],
+    on_ray = argparse.ArgumentParser(add_help=False)
+    on_ray.add_argument("--json-dir", metavar="DIR",
+                        help="one record per model or dump, DIR/NAME.json (+ .npz); one whose "
+                             "record there matches this base is skipped unless --force")
+    on_ray.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
+                        help="run (model or dump, chunk range) tasks on Ray: a local Ray "
+                             "without ADDRESS, 'auto' or ray://host:port for a cluster; needs "
+                             "--json-dir (shards go to DIR/shards/, a rerun resumes) and pip "
+                             "install \"quantkl[ray]\"")
+    on_ray.add_argument("--shard-chunks", type=positive_int, metavar="N",
+                        help="chunks per Ray task (default: about two tasks per worker)")
+    on_ray.add_argument("--ray-tasks", type=positive_int, metavar="N",
+                        help="at most N Ray tasks in flight (default: as Ray places them)")
+    on_ray.add_argument("--ship-base", action="store_true",
+                        help="with --ray, send each task its rows through Ray's object store "
+                             "instead of letting workers read the files from their paths")
+
+    s = sub.add_parser("score", parents=[common, scoring, shards, runs, on_ray],
                        help="score models against a dump",
                        description="Run each --model on BASE.kld's own tokens and print "
                                    "llama-perplexity's KL-divergence statistics; with several "
@@ -120,27 +137,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("base", metavar="BASE.kld")
     s.add_argument("--model", "-m", required=True, nargs="+", metavar="QUANT.gguf")
     s.add_argument("--save", metavar="QUANT.kld", help="also write this model's own dump")
-    s.add_argument("--json-dir", metavar="DIR",
-                   help="one record per model, DIR/MODEL.json (+ .npz); a model whose record "
-                        "there matches this base is skipped unless --force")
-    s.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
-                   help="run (model, chunk range) tasks on Ray: a local Ray without ADDRESS, "
-                        "'auto' or ray://host:port for a cluster; needs --json-dir (shards go "
-                        "to DIR/shards/, a rerun resumes) and pip install \"quantkl[ray]\"")
-    s.add_argument("--shard-chunks", type=positive_int, metavar="N",
-                   help="chunks per Ray task (default: about two tasks per worker)")
-    s.add_argument("--ray-tasks", type=positive_int, metavar="N",
-                   help="at most N Ray tasks in flight (default: as Ray places them)")
-    s.add_argument("--ship-base", action="store_true",
-                   help="with --ray, send each task its rows through Ray's object store "
-                        "instead of letting workers read BASE from its path")
     s.set_defaults(func=cmd_kld.cmd_score)
 
-    c = sub.add_parser("compare", parents=[common, scoring, shards], help="score two saved dumps",
+    c = sub.add_parser("compare", parents=[common, scoring, shards, on_ray],
+                       help="score saved dumps against a base dump",
                        description="The same statistics from two dumps of the same tokens, "
-                                   "OTHER scored against BASE; no model needed.")
+                                   "OTHER scored against BASE; no model needed. Several OTHER "
+                                   "dumps: one record each in --json-dir, then a table.")
     c.add_argument("base", metavar="BASE.kld")
-    c.add_argument("other", metavar="OTHER.kld")
+    c.add_argument("other", metavar="OTHER.kld", nargs="+")
     c.set_defaults(func=cmd_kld.cmd_compare)
 
     mg = sub.add_parser("merge", parents=[common], help="merge shard records",
