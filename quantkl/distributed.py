@@ -345,7 +345,10 @@ def _drive(kind, ray, dump, base, quants, out_dir, options, threads, mode, topk,
     queue = [(q, s, ship_base, False) for q in quants for s in q.shards if s.chunks not in q.done]
     pending: Dict[object, tuple] = {}
     outcomes: Dict[str, QuantOutcome] = {}
-    cap = max_tasks or len(queue) or 1
+    # twice the tasks Ray can run at once: enough to keep every slot fed, few
+    # enough that shipped rows do not pile up in the object store
+    slots = max(1, int(ray.cluster_resources().get("CPU", 1)) // threads)
+    cap = max_tasks or 2 * slots
 
     def finish(q: _Quant) -> None:
         out = QuantOutcome(q.model, shards_resumed=q.resumed,
