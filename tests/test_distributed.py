@@ -7,6 +7,7 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -159,3 +160,32 @@ def test_compare_several_dumps_on_ray(golden, quants, local_ray, tmp_path, capsy
         main(["compare", base])
     assert main(["compare", base, *dumps]) == 1
     assert "give --json-dir DIR" in capsys.readouterr().err
+
+
+def test_a_worker_without_the_files_asks_for_them_and_uses_what_it_is_sent(golden, quants,
+                                                                           tmp_path):
+    """run_shard, a task's body, on a worker that sees neither file: it asks
+    for the base and the model, then scores from the shipped rows and a
+    node-local copy of the model, written once."""
+    from quantkl.distributed import ShippedDump, run_shard
+    from quantkl.dumpfile import LogitDump
+    from quantkl.runner import ModelOptions
+    model, base = quants["Q8_0"], str(golden / NAME)
+    size = os.path.getsize(model)
+    opts = ModelOptions(threads=1).to_dict()
+    args = ((0, 1), opts, "llama", [1, 5, 10], False, False)
+    gone = str(tmp_path / "not-here.gguf")
+    assert run_shard(str(tmp_path / "nothing.kld"), 1, None, model, size, None, *args) == \
+        ("need-base", None)
+    with LogitDump(base) as dump:
+        shipped = ShippedDump(dump, (0, 1))
+        assert run_shard(base, dump.size, shipped, gone, size, None, *args) == ("need-model", None)
+        with open(model, "rb") as f:
+            status, (result, facts, info) = run_shard("/nowhere", 0, shipped, gone, size,
+                                                      f.read(), *args)
+        copy = os.path.join(tempfile.gettempdir(), "quantkl-models", f"{size}-not-here.gguf")
+        assert status == "done" and os.path.getsize(copy) == size
+        status, (local, *_rest) = run_shard(base, dump.size, None, model, size, None, *args)
+    os.remove(copy)
+    assert result.count == 63 and info.scored == (0, 1)
+    np.testing.assert_array_equal(result.kld, local.kld)
