@@ -48,18 +48,6 @@ def import_ray():
     return ray
 
 
-@dataclass(frozen=True)
-class Shard:
-    """One task: a model over chunks [a, b) of the base."""
-    model: str
-    stem: str
-    chunks: Tuple[int, int]
-
-    def record_path(self, out_dir: str) -> str:
-        a, b = self.chunks
-        return os.path.join(out_dir, "shards", f"{self.stem}.chunks-{a}-{b}.json")
-
-
 def shard_ranges(chunks: Tuple[int, int], size: int) -> List[Tuple[int, int]]:
     a, b = chunks
     return [(lo, min(lo + size, b)) for lo in range(a, b, size)]
@@ -155,6 +143,18 @@ def _visible(path: str, size: int) -> bool:
     return os.path.isfile(path) and os.path.getsize(path) == size
 
 
+def _chunk_hook(progress, kill_once: Optional[str], rows_per_chunk: int):
+    """A task's on_chunk: the tokens to the driver's count; in tests, with
+    kill_once, the worker ends after its first chunk once (then Ray retries)."""
+    def on_chunk(number, total, running):
+        if progress is not None:
+            progress.add.remote(rows_per_chunk)
+        if kill_once and not os.path.exists(kill_once):
+            open(kill_once, "w").close()
+            os._exit(1)
+    return on_chunk
+
+
 def run_shard(base_path: str, base_size: int, shipped: Optional[ShippedDump], model: str,
               model_size: int, model_data: Optional[bytes], chunks: Tuple[int, int],
               options: dict, mode: str, topk: Sequence[int], reverse: bool, js: bool,
@@ -169,18 +169,12 @@ def run_shard(base_path: str, base_size: int, shipped: Optional[ShippedDump], mo
         model = _node_copy(model, model_size, model_data)
     dump = shipped if shipped is not None else LogitDump(base_path)
 
-    def on_chunk(number, total, running):
-        if progress is not None:
-            progress.add.remote(dump.rows_per_chunk)
-        if kill_once and not os.path.exists(kill_once):  # tests: a worker dying mid-task
-            open(kill_once, "w").close()
-            os._exit(1)
-
     info = RunInfo()
     try:
         runner = _runner_for(model, dump.n_ctx, options)
         result = score_model(dump, model, mode=mode, topk=topk, chunks=chunks, runner=runner,
-                             info=info, on_chunk=on_chunk, reverse=reverse, js=js)
+                             info=info, reverse=reverse, js=js,
+                             on_chunk=_chunk_hook(progress, kill_once, dump.rows_per_chunk))
         facts = RunnerFacts(runner.n_params, runner.size_bytes, runner.bits_per_weight,
                             runner.description, runner.settings())
     finally:
@@ -201,17 +195,11 @@ def run_compare_shard(base_path: str, base_size: int, shipped: Optional[ShippedD
     dump = shipped if shipped is not None else LogitDump(base_path)
     second = shipped_other if shipped_other is not None else LogitDump(other)
 
-    def on_chunk(number, total, running):
-        if progress is not None:
-            progress.add.remote(dump.rows_per_chunk)
-        if kill_once and not os.path.exists(kill_once):
-            open(kill_once, "w").close()
-            os._exit(1)
-
     info = RunInfo()
     try:
         result = compare_dumps(dump, second, mode=mode, topk=topk, threads=threads, chunks=chunks,
-                               on_chunk=on_chunk, info=info, reverse=reverse, js=js)
+                               on_chunk=_chunk_hook(progress, kill_once, dump.rows_per_chunk),
+                               info=info, reverse=reverse, js=js)
     finally:
         dump.close()
         second.close()
@@ -230,13 +218,19 @@ class QuantOutcome:
 
 @dataclass
 class _Quant:
+    """One model (or other dump), its chunk ranges, and the shard records in
+    (by range; "" for all of them where the merged record is from an earlier run)."""
     model: str
     stem: str
     size: int
-    shards: List[Shard]
+    ranges: List[Tuple[int, int]]
     done: Dict[Tuple[int, int], str] = field(default_factory=dict)
     error: Optional[str] = None
     resumed: int = 0
+
+    def shard_path(self, out_dir: str, chunks: Tuple[int, int]) -> str:
+        a, b = chunks
+        return os.path.join(out_dir, "shards", f"{self.stem}.chunks-{a}-{b}.json")
 
 
 def score_quants(base: str, models: Sequence[str], out_dir: str, *, address: Optional[str] = None,
@@ -302,21 +296,20 @@ def _run(kind, base, models, out_dir, address, options, threads, mode, topk, rev
                                                         max(1, cpus // threads))
             quants = []
             for m, stem in zip(models, stems):
-                q = _Quant(m, stem, os.path.getsize(m),
-                           [Shard(m, stem, r) for r in shard_ranges((a, b), size)])
+                q = _Quant(m, stem, os.path.getsize(m), shard_ranges((a, b), size))
                 final = os.path.join(out_dir, stem + ".json")
                 if not force and os.path.exists(final):
                     if not finished_run(final, dump, mode, (a, b)):
                         raise ValueError(f"{final} exists from another run (base, mode or "
                                          f"chunks differ); pass --force to overwrite it")
-                    q.done = {s.chunks: "" for s in q.shards}
-                    q.resumed = len(q.shards)
+                    q.done = {r: "" for r in q.ranges}
+                    q.resumed = len(q.ranges)
                 else:
-                    for s in q.shards:
-                        path = s.record_path(out_dir)
+                    for r in q.ranges:
+                        path = q.shard_path(out_dir, r)
                         if not force and os.path.exists(path) and \
-                                finished_run(path, dump, mode, s.chunks):
-                            q.done[s.chunks] = path
+                                finished_run(path, dump, mode, r):
+                            q.done[r] = path
                             q.resumed += 1
                 quants.append(q)
             return _drive(kind, ray, dump, base, quants, out_dir, options, threads, mode,
@@ -334,15 +327,16 @@ def _drive(kind, ray, dump, base, quants, out_dir, options, threads, mode, topk,
     task = ray.remote(run_shard if kind == "score" else run_compare_shard).options(
         num_cpus=threads, num_gpus=gpu, max_retries=MAX_RETRIES, retry_exceptions=False)
     progress_actor = ray.remote(_Tokens).options(num_cpus=0).remote()
-    per_shard = {s.chunks: (s.chunks[1] - s.chunks[0]) * dump.rows_per_chunk
-                 for q in quants for s in q.shards}
-    total = sum(per_shard[s.chunks] for q in quants for s in q.shards)
-    resumed_tokens = sum(per_shard[c] for q in quants for c in q.done)
+    def tokens(r: Tuple[int, int]) -> int:
+        return (r[1] - r[0]) * dump.rows_per_chunk
+
+    total = sum(tokens(r) for q in quants for r in q.ranges)
+    resumed_tokens = sum(tokens(r) for q in quants for r in q.done)
     base_size = dump.size
     model_refs: Dict[str, object] = {}
     kill_once = os.environ.get("QUANTKL_TEST_KILL_ONCE")
     opts = options.to_dict() if options is not None else None
-    queue = [(q, s, ship_base, False) for q in quants for s in q.shards if s.chunks not in q.done]
+    queue = [(q, r, ship_base, False) for q in quants for r in q.ranges if r not in q.done]
     pending: Dict[object, tuple] = {}
     outcomes: Dict[str, QuantOutcome] = {}
     # twice the tasks Ray can run at once: enough to keep every slot fed, few
@@ -352,49 +346,47 @@ def _drive(kind, ray, dump, base, quants, out_dir, options, threads, mode, topk,
 
     def finish(q: _Quant) -> None:
         out = QuantOutcome(q.model, shards_resumed=q.resumed,
-                           shards_run=len(q.shards) - q.resumed)
+                           shards_run=len(q.ranges) - q.resumed)
         if q.error:
             out.error = q.error
-        elif all(q.done.get(s.chunks) == "" for s in q.shards):
-            out.record = os.path.join(out_dir, q.stem + ".json")  # whole from an earlier run
         else:
             out.record = os.path.join(out_dir, q.stem + ".json")
-            merge_records([q.done[s.chunks] for s in q.shards], out.record, force=True)
+            shards = [q.done[r] for r in q.ranges]
+            if any(shards):  # else the merged record is whole from an earlier run
+                merge_records(shards, out.record, force=True)
         outcomes[q.model] = out
         if on_quant:
             on_quant(out)
 
     for q in quants:
-        if len(q.done) == len(q.shards):
+        if len(q.done) == len(q.ranges):
             finish(q)
     while queue or pending:
         while queue and len(pending) < cap:
-            q, s, ship, ship_model = queue.pop(0)
+            q, r, ship, ship_model = queue.pop(0)
             if q.error:
                 continue
-            shipped = ray.put(ShippedDump(dump, s.chunks)) if ship else None
+            shipped = ray.put(ShippedDump(dump, r)) if ship else None
             if kind == "compare":
                 sent = None
                 if ship_model:  # the other dump's rows, as the base's
                     with LogitDump(q.model) as other:
-                        sent = ray.put(ShippedDump(other, s.chunks))
-                ref = task.remote(base, base_size, shipped, q.model, q.size, sent, s.chunks,
-                                  threads, mode, list(topk), reverse, js, progress_actor,
-                                  kill_once)
-                pending[ref] = (q, s, ship, ship_model)
-                continue
-            if ship_model and q.model not in model_refs:
-                with open(q.model, "rb") as f:
-                    model_refs[q.model] = ray.put(f.read())
-            ref = task.remote(base, base_size, shipped, q.model, q.size,
-                              model_refs.get(q.model) if ship_model else None, s.chunks, opts,
-                              mode, list(topk), reverse, js, progress_actor, kill_once)
-            pending[ref] = (q, s, ship, ship_model)
+                        sent = ray.put(ShippedDump(other, r))
+                ref = task.remote(base, base_size, shipped, q.model, q.size, sent, r, threads,
+                                  mode, list(topk), reverse, js, progress_actor, kill_once)
+            else:
+                if ship_model and q.model not in model_refs:
+                    with open(q.model, "rb") as f:
+                        model_refs[q.model] = ray.put(f.read())
+                ref = task.remote(base, base_size, shipped, q.model, q.size,
+                                  model_refs.get(q.model) if ship_model else None, r, opts,
+                                  mode, list(topk), reverse, js, progress_actor, kill_once)
+            pending[ref] = (q, r, ship, ship_model)
         ready, _ = ray.wait(list(pending), num_returns=1, timeout=0.5)
         if on_tokens:
             on_tokens(min(total, resumed_tokens + ray.get(progress_actor.get.remote())), total)
         for ref in ready:
-            q, s, ship, ship_model = pending.pop(ref)
+            q, r, ship, ship_model = pending.pop(ref)
             try:
                 status, payload = ray.get(ref)
             except Exception as e:  # the task's own error (a bad GGUF), or retries spent
@@ -407,21 +399,21 @@ def _drive(kind, ray, dump, base, quants, out_dir, options, threads, mode, topk,
                     finish(q)
                 continue
             if status == "need-base":
-                queue.insert(0, (q, s, True, ship_model))
+                queue.insert(0, (q, r, True, ship_model))
                 continue
             if status in ("need-model", "need-other"):
-                queue.insert(0, (q, s, ship, True))
+                queue.insert(0, (q, r, ship, True))
                 continue
             if q.error:
                 continue
             result, facts, info = payload
             info.n_chunk = dump.n_chunk
-            path = s.record_path(out_dir)
+            path = q.shard_path(out_dir, r)
             meta = (score_metadata(dump, q.model, facts, info, None) if kind == "score"
                     else compare_metadata(dump, q.model, info))
             write_record(path, result, meta, force=True)
-            q.done[s.chunks] = path
-            if len(q.done) == len(q.shards):
+            q.done[r] = path
+            if len(q.done) == len(q.ranges):
                 finish(q)
     return [outcomes[q.model] for q in quants]
 

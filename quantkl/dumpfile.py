@@ -221,23 +221,24 @@ class LogitDump:
         """The rows at these indices (over all chunks), copied."""
         if self._kldz is None:
             return LlamaRows(self._rows[list(rows)], self.n_vocab)
-        if self.precise:
-            from .sparse import concat
-            r = self.rows_per_chunk
-            return concat([self._kldz.read_sparse(i // r, i % r, i % r + 1, threads=1)
-                           for i in rows], self.n_vocab)
         # each block decompressed once, for every sampled row it holds
         r, size = self.rows_per_chunk, self._kldz.rows_per_block
-        out = np.empty((len(rows), self.row_width), np.uint16)
         by_block: dict = {}
         for k, i in enumerate(rows):
             by_block.setdefault((i // r, i % r // size), []).append(k)
+        read = self._kldz.read_sparse if self.precise else self._kldz.read_rows
+        picked: list = [None] * len(rows)
         for (c, b), ks in by_block.items():
             lo = b * size
-            block = self._kldz.read_rows(c, lo, min(lo + size, r), threads=1)
+            block = read(c, lo, min(lo + size, r), threads=1)
             for k in ks:
-                out[k] = block[rows[k] % r - lo]
-        return LlamaRows(out, self.n_vocab)
+                at = rows[k] % r - lo
+                picked[k] = block.slice(at, at + 1) if self.precise else block[at]
+        if self.precise:
+            from .sparse import concat
+            return concat(picked, self.n_vocab)
+        return LlamaRows(np.array(picked, np.uint16).reshape(len(rows), self.row_width),
+                         self.n_vocab)
 
     def _release_previous(self, rows: Tuple[int, int]) -> None:
         # Pages of rows already scored are file-backed and clean: dropping
